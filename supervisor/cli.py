@@ -1,0 +1,185 @@
+"""The `labrig` command line. Every command has --help; errors never show a traceback."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from labrig.drivers.errors import LabrigError
+
+app = typer.Typer(help="labrig: a hardware-control Jupyter kernel cluster for physics labs.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+sim_app = typer.Typer(help="The simulated testbed: one simulator per node, coupled through one plasma model.",
+                      no_args_is_help=True)
+app.add_typer(sim_app, name="sim")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+RigArg = typer.Argument(..., help="The rig file (TOML), e.g. examples/ishtar/rig.toml", show_default=False)
+StateOpt = typer.Option(None, "--state-dir", envvar="LABRIG_STATE_DIR",
+                        help="Where running instances keep pids and endpoints.")
+
+
+def friendly(fn):
+    """Turn labrig's own errors into one clear message and exit code 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except LabrigError as exc:
+            err.print("labrig:", str(exc), style="red", markup=False, soft_wrap=True)
+            raise typer.Exit(2)
+    return wrapper
+
+
+def _state(path: Optional[Path]):
+    from .state import state_dir
+    return state_dir(path)
+
+
+@app.command()
+@friendly
+def check(rig: Path = RigArg):
+    """Validate a rig file and print its topology."""
+    from .rig import Rig
+    r = Rig.load(rig)
+    out.print(f"[bold]{r.name}[/]: {r.spec.description}  (schema {r.spec.schema_version}, {rig})")
+    nodes = Table(title="nodes", title_justify="left")
+    for col in ("node", "kind", "connection", "signals", "description"):
+        nodes.add_column(col)
+    for name, node in r.nodes.items():
+        nodes.add_row(name, node.kind, node.connection, str(len(r.signals_of(name))), node.description)
+    out.print(nodes)
+    sigs = Table(title="signals", title_justify="left")
+    for col in ("signal", "node", "channel", "dir", "unit", "limits", "max slew", "safe"):
+        sigs.add_column(col)
+    for name, s in r.signals.items():
+        limits = f"[{s.limits[0]:g}, {s.limits[1]:g}]" if s.limits else ""
+        sigs.add_row(name, s.node, s.channel, s.direction, s.unit, limits,
+                     f"{s.max_slew:g}/s" if s.max_slew else "", "" if s.safe is None else f"{s.safe:g}")
+    out.print(sigs)
+    if r.spec.devices:
+        devs = Table(title="devices", title_justify="left")
+        for col in ("device", "class", "signals"):
+            devs.add_column(col)
+        for name, d in r.spec.devices.items():
+            devs.add_row(name, d.class_, ", ".join(f"{k}={v}" for k, v in d.signals.items()))
+        out.print(devs)
+    if r.interlocks:
+        locks = Table(title="interlocks", title_justify="left")
+        for col in ("interlock", "requires", "forces safe"):
+            locks.add_column(col)
+        for name, lock in r.interlocks.items():
+            locks.add_row(name, lock.require.source, ", ".join(lock.outputs))
+        out.print(locks)
+    if r.spec.loops:
+        loops = Table(title="loops", title_justify="left")
+        for col in ("loop", "node", "measure -> actuate", "gains", "rate"):
+            loops.add_column(col)
+        for name, lp in r.spec.loops.items():
+            loops.add_row(name, lp.node, f"{lp.measure} -> {lp.actuate}",
+                          f"kp={lp.kp:g} ki={lp.ki:g} kd={lp.kd:g}", f"{lp.rate:g} Hz")
+        out.print(loops)
+
+
+@sim_app.command("up")
+@friendly
+def sim_up(rig: Path = RigArg,
+           seed: int = typer.Option(0, help="Seed of the plasma model's noise."),
+           as_json: bool = typer.Option(False, "--json", help="Print the endpoints and pids as JSON."),
+           state_dir: Optional[Path] = StateOpt):
+    """Start the simulated testbed in the background and print every endpoint and pid."""
+    from .rig import Rig
+    from .testbed import start_testbed
+    record = start_testbed(Rig.load(rig), seed=seed, directory=_state(state_dir))
+    if as_json:
+        out.print_json(json.dumps(_sim_json(record)))
+        return
+    _sim_table(record, title=f"simulated testbed for {record['rig_name']} (stop it with `labrig sim down`)")
+
+
+def _sim_json(record) -> dict:
+    sims = {"world": {"kind": "world", "pid": record["world"]["pid"], "endpoints": record["world"]["endpoints"]}}
+    for node, info in record["simulators"].items():
+        sims[node] = {"kind": info["kind"], "pid": info["pid"], "endpoints": info["endpoints"], "url": info["url"]}
+    return sims
+
+
+def _sim_table(record, *, title: str, alive: dict | None = None):
+    table = Table(title=title, title_justify="left")
+    for col in ("simulator", "kind", "pid", "endpoints", "driver url"):
+        table.add_column(col)
+    if alive is not None:
+        table.add_column("alive")
+    rows = [("world", record["world"])] + list(record["simulators"].items())
+    for name, info in rows:
+        row = [name, info["kind"], str(info["pid"]),
+               "\n".join(f"{k}: {v}" for k, v in info["endpoints"].items()), info.get("url", "")]
+        if alive is not None:
+            row.append("yes" if alive.get(name) else "[red]no[/]")
+        table.add_row(*row)
+    out.print(table)
+
+
+@sim_app.command("down")
+@friendly
+def sim_down(state_dir: Optional[Path] = StateOpt):
+    """Stop the simulated testbed; leaves no process or port behind."""
+    from .testbed import stop_testbed
+    stopped = stop_testbed(_state(state_dir))
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "no simulated testbed was running")
+
+
+@sim_app.command("status")
+@friendly
+def sim_status(as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+               state_dir: Optional[Path] = StateOpt):
+    """Show the simulated testbed's processes and endpoints."""
+    from .state import read_state
+    from .testbed import STATE_NAME, testbed_status
+    directory = _state(state_dir)
+    status = testbed_status(directory)
+    if as_json:
+        out.print_json(json.dumps(status))
+        return
+    record = read_state(STATE_NAME, directory)
+    if not record:
+        out.print("no simulated testbed is running")
+        return
+    _sim_table(record, title=f"simulated testbed for {record['rig_name']}",
+               alive={k: v["alive"] for k, v in status.items()})
+
+
+@sim_app.command("fault")
+@friendly
+def sim_fault(kind: str = typer.Argument(..., help="sensor or link"),
+              name: str = typer.Argument(..., help="a world quantity (sensor) or a node (link)"),
+              mode: str = typer.Argument(..., help="sensor: stuck, nan, offset, clear; link: mute, garble, slow, clear"),
+              value: float = typer.Option(0.0, help="offset (sensor) or delay in s (slow link)"),
+              state_dir: Optional[Path] = StateOpt):
+    """Inject a fault into the running simulated testbed."""
+    from labrig.simulators.world import world_control
+    from .testbed import TestbedError, running_testbed
+    record = running_testbed(_state(state_dir))
+    if not record:
+        raise TestbedError("no simulated testbed is running; start one with `labrig sim up RIG`")
+    try:
+        world_control(record["world"]["endpoints"]["control"],
+                      {"op": "fault", "kind": kind, "name": name, "mode": mode, "value": value})
+    except ValueError as exc:
+        raise TestbedError(str(exc)) from None
+    out.print(f"fault: {kind} {name} {mode}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
