@@ -89,7 +89,7 @@ class ArduinoSimulator(DeviceSimulator):
         self.flags = Flag.SAFE
         self.trips = 0
         self._last_valid = time.monotonic()
-        self._tripped_this_silence = False
+        self._tripped_this_silence = True  # armed by the first valid frame; outputs are safe already
         self._stream: dict | None = None
         self._decoder = p.Decoder()
         self._last_byte = 0.0
@@ -118,7 +118,7 @@ class ArduinoSimulator(DeviceSimulator):
 
     def _digital(self, pin: int) -> int:
         if pin in self.pins:
-            mode, value = self.pins[pin]
+            _mode, value = self.pins[pin]
             return int(bool(value))
         if pin == 2:
             return int(self.world.get("cooling_flow") > 2.0)

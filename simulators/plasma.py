@@ -25,7 +25,7 @@ Modes    0 off, 1 capacitive (E), 2 inductive (H), 3 helicon wave (W). One
          power, rf_drive): off -> E 12 W (0.09), back 9 W (0.08); E -> H 183 W
          (0.35), back 94 W (0.25); H -> W 431 W (0.54), back 308 W (0.45). So the
          order of ramps matters: B first, power up through the W jump and back
-         down to rf_drive 0.5 stays helicon (1.3e18 m^-3); power first at B = 0,
+         down to rf_drive 0.5 stays helicon (1.2e18 m^-3); power first at B = 0,
          back to 0.5, then B, lands in inductive (5.3e17 m^-3) at the same settings.
          A comfortable helicon shot: gas_valve 0.4, coil_current_cmd 400 A,
          rf_drive 0.7 -> 2.4e18 m^-3, 1.4 rad (helicon from rf_drive >= 0.54).

@@ -84,6 +84,7 @@ class VisaSimulator(DeviceSimulator):
         self._server: socketserver.ThreadingTCPServer | None = None
         self._thread: threading.Thread | None = None
         self._clients: set[socket.socket] = set()
+        self._threads: list[threading.Thread] = []
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "VisaSimulator":
@@ -99,15 +100,16 @@ class VisaSimulator(DeviceSimulator):
 
         class Server(socketserver.ThreadingTCPServer):
             allow_reuse_address = True
-            daemon_threads = True
-            block_on_close = True  # close() joins the client threads: nothing is left running
 
             def process_request(self, request, client_address):
-                # Registered on the accept thread, so close() sees every client it must wake.
+                # Our own thread bookkeeping (socketserver never joins daemon threads):
+                # registered on the accept thread, so close() sees every client to wake and join.
+                thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
+                                          name=f"visa-sim-{sim.node}-client", daemon=True)
                 with sim._lock:
                     sim._clients.add(request)
-                super().process_request(request, client_address)
-
+                    sim._threads = [t for t in sim._threads if t.is_alive()] + [thread]
+                thread.start()
         self._server = Server((self.host, 0), Handler)
         port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -123,13 +125,15 @@ class VisaSimulator(DeviceSimulator):
             return
         server.shutdown()  # stops the accept loop
         with self._lock:
-            clients = list(self._clients)
+            clients, threads = list(self._clients), list(self._threads)
         for conn in clients:  # wakes the client threads blocked in readline
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        server.server_close()  # closes the listener, joins the client threads
+        server.server_close()  # closes the listener
+        for thread in threads:
+            thread.join(2)
         if self._thread:
             self._thread.join(2)
 

@@ -38,10 +38,13 @@ from .tags import S7Tag, parse_tag
 
 DEFAULT_PORT = 102  # ISO-on-TCP
 
-# Item return codes a healthy PLC sends for a bad request (not a link problem):
-# 0x03 access denied, 0x05 address out of range, 0x06 type not supported,
-# 0x07 type inconsistent, 0x0a object does not exist.
-_DEVICE_REFUSAL = re.compile(r"operation failed: .*\(0x0[3567a]\)$")
+# How a healthy PLC refuses a request (not a link problem): an item return code
+# (0x03 access denied, 0x05 address out of range, 0x06 type not supported,
+# 0x07 type inconsistent, 0x0a object does not exist), or a header error class
+# 0x81..0x87 (e.g. 0x8404 on a write to a DB that does not exist). Bit flips on a
+# garbled link almost never forge these exact values; S7 itself has no checksum.
+_ITEM_REFUSAL = re.compile(r"operation failed: .*\(0x0[3567a]\)$")
+_HEADER_REFUSAL = range(0x81, 0x88)
 
 
 class SimaticDriver(Driver):
@@ -153,7 +156,7 @@ class SimaticDriver(Driver):
                 self._drop_link()
                 link = self._link = _Link(self.name)
                 link.run(self._connect_job, deadline, f"{what}: connect to {self.host}:{self.port}",
-                         self.timeout)
+                         self.timeout, connecting=True)
             return link.run(job, deadline, what, self.timeout)
         except LinkError:
             self._drop_link()
@@ -203,7 +206,8 @@ class _Link:
         except Exception:
             pass
 
-    def run(self, job: Callable[[Client], Any], deadline: float, what: str, timeout: float) -> Any:
+    def run(self, job: Callable[[Client], Any], deadline: float, what: str, timeout: float, *,
+            connecting: bool = False) -> Any:
         if not self.alive:
             raise LinkClosed(f"{what}: link was dropped", device=self.device)
         future: Future = Future()
@@ -217,7 +221,7 @@ class _Link:
         except LabrigError:
             raise
         except Exception as exc:
-            error = _map_error(exc, what, self.device)
+            error = _map_error(exc, what, self.device, refusal_possible=not connecting)
             if not isinstance(error, DeviceError):
                 self.kill()  # the byte stream may be out of step: start afresh
             raise error from exc
@@ -246,12 +250,14 @@ class _Link:
         self._thread.join(wait)
 
 
-def _map_error(exc: BaseException, what: str, device: str) -> LabrigError:
+def _map_error(exc: BaseException, what: str, device: str, *, refusal_possible: bool) -> LabrigError:
+    """snap7's exception -> ours. A refusal only answers a request: not the connect handshake."""
     text = f"{what}: {exc}"
     if isinstance(exc, (S7TimeoutError, TimeoutError)):
         return LinkTimeout(text, device=device)
     if isinstance(exc, S7ProtocolError):
-        if _DEVICE_REFUSAL.search(str(exc)):
+        header_class = (getattr(exc, "error_code", None) or 0) >> 8
+        if refusal_possible and (_ITEM_REFUSAL.search(str(exc)) or header_class in _HEADER_REFUSAL):
             return DeviceError(text, device=device)
         return FrameError(text, device=device)
     if isinstance(exc, S7ConnectionError):

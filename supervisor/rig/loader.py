@@ -104,7 +104,15 @@ def cross_check(spec: RigSpec) -> list[tuple[str, str]]:
         elif sig.safe is not None and sig.limits is not None and sig.limits[0] < sig.limits[1] and not (sig.limits[0] <= sig.safe <= sig.limits[1]):
             add(f"{base}.safe", f"safe value {sig.safe:g} is outside limits [{sig.limits[0]:g}, {sig.limits[1]:g}]")
 
+    from labrig.supervisor.devices import DEVICE_CLASSES
     for name, dev in spec.devices.items():
+        cls = DEVICE_CLASSES.get(dev.class_)
+        if cls is None:
+            add(f"devices.{name}.class", f"unknown device class {dev.class_!r}{_close(dev.class_, DEVICE_CLASSES)}")
+        else:
+            for role in cls.roles:
+                if role not in dev.signals:
+                    add(f"devices.{name}.signals", f"{dev.class_} needs a signal for the role {role!r}")
         for role, sig_name in dev.signals.items():
             if sig_name not in spec.signals:
                 add(f"devices.{name}.signals.{role}", f"unknown signal {sig_name!r}{_close(sig_name, spec.signals)}")

@@ -1,0 +1,377 @@
+"""Raspberry Pi GPIO through gpiozero: remote over the pigpio daemon's socket, or mocked.
+
+    channels = [ChannelSpec("door", "GPIO17"),
+                ChannelSpec("gas_valve", "PWM18", "out", safe_value=0.0),
+                ChannelSpec("trigger", "GPIO23", "out", safe_value=0.0)]
+    with GPIODriver("pigpio://raspberrypi.local:8888", channels) as pi:
+        pi.read("door")            # 1.0: the pin's level, asked of the Pi every time
+        pi.write("gas_valve", 0.4) # PWM duty 0..1 (gpiozero's PWMOutputDevice.value)
+
+    GPIODriver("mock://", channels)   # gpiozero's MockFactory, for unit tests of this layer:
+                                      # drv.factory.pin(17).drive_low(); drv.factory.pin(23).states
+
+Addresses: "GPIO<n>" (a digital input, or output when the channel's direction is
+"out") and "PWM<n>" (an output; raw duty 0..1), n the BCM number 0..27.
+
+gpiozero does the pin semantics; this driver bounds the link. The pigpio client
+reads its sockets with no timeout, so a hung Pi would block a caller forever:
+after connecting, its command socket is replaced by a _Wire that gives every
+exchange the driver's timeout and checks pigpiod's echo of each request. Levels
+are always read from the Pi, never inferred from edges (pigpio can lose the first
+edge after a callback is set up).
+"""
+from __future__ import annotations
+
+import re
+import socket
+import struct
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pigpio
+from gpiozero import DigitalInputDevice, DigitalOutputDevice, PWMOutputDevice
+from gpiozero.exc import GPIOZeroError
+from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero.pins.pigpio import PiGPIOFactory
+
+from ..contract import ChannelSpec, Driver
+from ..errors import (ConfigError, DeviceError, FrameError, LinkClosed, LinkError, LinkTimeout)
+from ..urls import parse_url
+
+DEFAULT_PORT = 8888  # pigpiod's
+MOCK_REVISION = "a02082"  # the board MockFactory pretends to be: a Pi 3 B, like the simulator
+MAX_BCM = 27  # GPIO0..27 are on the 40-pin header
+_HWVER = 17  # pigpio socket command: hardware revision (our connect probe)
+_ADDRESS = re.compile(r"(GPIO|PWM)(\d{1,2})")
+_FORMS = "GPIO<n> (digital in, or out) or PWM<n> (out, duty 0..1), n = BCM 0..27, e.g. GPIO17, PWM18"
+
+
+@dataclass(frozen=True)
+class PinAddress:
+    gpio: int  # BCM number
+    pwm: bool = False
+
+
+class _Wire:
+    """pigpio's command socket (pi.sl.s), bounded and checked.
+
+    pigpio.pi writes a 16-byte request and reads a 16-byte reply, with no timeout
+    and no check. In its place this gives each exchange the driver's timeout,
+    drops late replies a slow link left behind (so the stream stays in step), and
+    compares the cmd/p1/p2 that pigpiod echoes in every reply: a corrupted reply
+    becomes a FrameError instead of a wrong level.
+
+    After one failure, the rest of the same driver call fails at once (`failed`
+    is cleared by the driver per call): gpiozero's clean-up after an error talks
+    to the pin again, and must not wait out one timeout per command.
+    """
+
+    def __init__(self, sock: socket.socket, timeout: float, device: str):
+        self.sock = sock
+        self.timeout = timeout
+        self.device = device
+        self.failed: type[LinkError] | None = None
+        self._echo: bytes | None = None
+        self._deadline = 0.0
+
+    def _fail(self, error: type[LinkError], message: str):
+        self.failed = error
+        raise error(message, device=self.device)
+
+    def send(self, data) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def sendall(self, data) -> None:
+        if self.failed:
+            raise self.failed("link failed earlier in this call", device=self.device)
+        self._drain()
+        data = bytes(data)
+        self._echo = data[:12] if len(data) >= 16 else None
+        self._deadline = time.monotonic() + self.timeout
+        try:
+            self.sock.settimeout(self.timeout)
+            self.sock.sendall(data)
+        except TimeoutError:
+            self._fail(LinkTimeout, f"pigpio daemon took no request within {self.timeout:g} s")
+        except OSError as exc:
+            self._fail(LinkClosed, f"pigpio connection lost: {exc}")
+
+    def recv(self, n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:
+            remaining = self._deadline - time.monotonic()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                self.sock.settimeout(remaining)
+                chunk = self.sock.recv(n - len(data))
+            except TimeoutError:
+                self._fail(LinkTimeout, f"pigpio daemon did not answer within {self.timeout:g} s")
+            except OSError as exc:
+                self._fail(LinkClosed, f"pigpio connection lost: {exc}")
+            if not chunk:
+                self._fail(LinkClosed, "pigpio daemon closed the connection")
+            data += chunk
+        if self._echo is not None:
+            echo, self._echo = self._echo, None
+            if bytes(data[:12]) != echo:
+                self._fail(FrameError, f"garbled pigpio reply {bytes(data).hex()} "
+                                       f"(request echo {echo.hex()} expected)")
+            result = pigpio.u2i(int.from_bytes(data[12:16], "little"))
+            if result < 0 and pigpio.error_text(result).startswith("unknown error"):
+                self._fail(FrameError, f"garbled pigpio reply: result {result} is no pigpio error code")
+        return bytes(data)
+
+    def _drain(self) -> None:
+        """Drop whatever a slow link delivered after its caller gave up."""
+        self.sock.settimeout(0.0)
+        try:
+            while True:
+                if not self.sock.recv(4096):
+                    self._fail(LinkClosed, "pigpio daemon closed the connection")
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            if not isinstance(exc, LinkError):
+                self._fail(LinkClosed, f"pigpio connection lost: {exc}")
+            raise
+
+    def setsockopt(self, *args):
+        self.sock.setsockopt(*args)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Stream:
+    """pigpio's notification socket: ends the reader when the daemon goes away.
+
+    pigpio's reader thread loops on recv() while its `go` flag is set; once the
+    peer has closed, recv() returns b"" at once, forever, and the thread would
+    spin at 100 % CPU until the driver closes.
+    """
+
+    def __init__(self, sock: socket.socket, reader):
+        self.sock = sock
+        self._reader = reader
+
+    def recv(self, n: int) -> bytes:
+        try:
+            data = self.sock.recv(n)
+        except OSError:
+            data = b""
+        if not data:
+            self._reader.go = False
+        return data
+
+    def send(self, data) -> int:
+        return self.sock.send(data)
+
+    def shutdown(self, how) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _probe(host: str, port: int, timeout: float, device: str) -> int:
+    """One HWVER exchange on a socket of our own: a bounded proof that pigpiod answers.
+
+    pigpio.pi() connects and talks with no timeout (and prints a banner when it
+    cannot); asking first keeps a dead or mute Pi from hanging the connect.
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout)
+    except TimeoutError:
+        raise LinkTimeout(f"no pigpio daemon answered at {host}:{port} within {timeout:g} s",
+                          device=device) from None
+    except OSError as exc:
+        raise LinkClosed(f"cannot connect to the pigpio daemon at {host}:{port}: {exc}",
+                         device=device) from None
+    with sock:
+        wire = _Wire(sock, timeout, device)
+        wire.sendall(struct.pack("<IIII", _HWVER, 0, 0, 0))
+        return int.from_bytes(wire.recv(16)[12:], "little")
+
+
+def _hang_up(pi: pigpio.pi, timeout: float) -> None:
+    """Stop a pigpio.pi and its notification thread, whatever state the link is in."""
+    reader = getattr(pi, "_notify", None)
+    try:
+        pi.stop()  # sends NC on the stream, closes the command socket
+    except Exception:
+        pass  # a dead link: the socket work below still ends everything
+    if pi.sl.s is not None:
+        try:
+            pi.sl.s.close()
+        except OSError:
+            pass
+        pi.sl.s = None  # gpiozero's "connected" test: pins stop talking from here on
+    if reader is not None:
+        reader.go = False
+        try:  # wakes the reader out of recv() even if the Pi never answers NC
+            reader.sl.s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        if reader is not threading.current_thread():
+            reader.join(timeout)
+
+
+class GPIODriver(Driver):
+    bus = "rpi"
+
+    def __init__(self, url: str, channels=(), *, timeout: float = 1.0, name: str = ""):
+        self.factory = None  # the gpiozero pin factory (MockFactory for mock://)
+        self.devices: dict[str, object] = {}  # channel name -> gpiozero device
+        self._pi: pigpio.pi | None = None
+        self._wire: _Wire | None = None
+        self._link_ok = True
+        super().__init__(url, channels, timeout=timeout, name=name)
+
+    # -- addresses ---------------------------------------------------------
+    def _parse_address(self, spec: ChannelSpec) -> PinAddress:
+        match = _ADDRESS.fullmatch(str(spec.address).strip().upper())
+        if not match or int(match[2]) > MAX_BCM:
+            raise ConfigError(f"{self.name}: channel {spec.name!r}: address {spec.address!r} is not "
+                              f"a Pi pin; allowed: {_FORMS}")
+        address = PinAddress(int(match[2]), pwm=match[1] == "PWM")
+        if address.pwm and spec.direction != "out":
+            raise ConfigError(f"{self.name}: channel {spec.name!r}: {spec.address} is a PWM output; "
+                              "declare it with direction 'out', or use GPIO<n> for an input")
+        for other, taken in self._addresses.items():
+            if taken.gpio == address.gpio:
+                raise ConfigError(f"{self.name}: channel {spec.name!r}: BCM {address.gpio} is already "
+                                  f"used by channel {other!r}")
+        return address
+
+    def _default_raw_range(self, spec, address: PinAddress) -> tuple[float, float]:
+        return (0.0, 1.0)  # a level, or a duty cycle
+
+    # -- link --------------------------------------------------------------
+    def _open(self) -> None:
+        if self.url.strip().lower().startswith("mock://"):
+            self.factory = MockFactory(revision=MOCK_REVISION, pin_class=MockPWMPin)
+        else:
+            url = parse_url(self.url, schemes=("pigpio",))
+            self.factory = self._connect(url.host, url.port or DEFAULT_PORT)
+        try:
+            with self._link("set up the pins"):
+                for name, spec in self.channels.items():
+                    self.devices[name] = self._device(spec, self._addresses[name])
+        except BaseException:
+            self._close()
+            raise
+
+    def _connect(self, host: str, port: int) -> PiGPIOFactory:
+        _probe(host, port, self.timeout, self.name)
+        # pigpio.pi() itself still has no timeout: give it one on a helper thread. If it
+        # overruns, the helper hangs up whatever it eventually gets.
+        outcome: dict[str, object] = {}
+        lock = threading.Lock()
+
+        def connect():
+            try:
+                factory, error = PiGPIOFactory(host=host, port=port), None
+            except Exception as exc:
+                factory, error = None, exc
+            with lock:
+                if "abandoned" in outcome:
+                    if factory is not None:
+                        _hang_up(factory.connection, self.timeout)
+                        factory.close()
+                else:
+                    outcome.update(factory=factory, error=error)
+
+        helper = threading.Thread(target=connect, name=f"pigpio-connect {self.name}", daemon=True)
+        helper.start()
+        helper.join(self.timeout)
+        with lock:
+            if "factory" not in outcome:
+                outcome["abandoned"] = True
+                raise LinkTimeout(f"pigpio client could not connect to {host}:{port} "
+                                  f"within {self.timeout:g} s", device=self.name)
+        helper.join()  # it has finished its work; reap it so no thread outlives open()
+        if outcome["error"] is not None:
+            raise LinkClosed(f"cannot connect to the pigpio daemon at {host}:{port}: "
+                             f"{outcome['error']}", device=self.name) from outcome["error"]
+        factory = outcome["factory"]
+        pi = factory.connection
+        self._pi = pi
+        self._wire = pi.sl.s = _Wire(pi.sl.s, self.timeout, self.name)
+        reader = getattr(pi, "_notify", None)
+        if reader is not None:
+            reader.sl.s = _Stream(reader.sl.s, reader)
+        return factory
+
+    def _device(self, spec: ChannelSpec, address: PinAddress):
+        if address.pwm:
+            return PWMOutputDevice(address.gpio, initial_value=0, pin_factory=self.factory)
+        if spec.direction == "out":
+            return DigitalOutputDevice(address.gpio, initial_value=False, pin_factory=self.factory)
+        # Pulled down: a broken wire reads 0 (door open, cooling not OK), the safe reading.
+        return DigitalInputDevice(address.gpio, pull_up=False, pin_factory=self.factory)
+
+    @contextmanager
+    def _link(self, doing: str):
+        """One driver call on the link: map what pigpio/gpiozero raise to labrig's errors."""
+        if self._wire is not None:
+            self._wire.failed = None
+        try:
+            yield
+        except (LinkTimeout, LinkClosed):
+            self._link_ok = False
+            raise
+        except LinkError:
+            raise
+        except pigpio.error as exc:
+            raise DeviceError(f"the pigpio daemon refused to {doing}: {exc}", device=self.name) from exc
+        except struct.error as exc:
+            raise FrameError(f"truncated pigpio reply while trying to {doing}", device=self.name) from exc
+        except GPIOZeroError as exc:
+            raise DeviceError(f"cannot {doing}: {exc}", device=self.name) from exc
+        except OSError as exc:
+            self._link_ok = False
+            raise LinkClosed(f"pigpio link lost while trying to {doing}: {exc}", device=self.name) from exc
+        else:
+            self._link_ok = True
+
+    # -- I/O ---------------------------------------------------------------
+    def _read_raw(self, spec: ChannelSpec, address: PinAddress) -> float:
+        with self._io_lock, self._link(f"read {spec.address}"):
+            return float(self.devices[spec.name].value)
+
+    def _write_raw(self, spec: ChannelSpec, address: PinAddress, raw: float) -> None:
+        device = self.devices[spec.name]
+        with self._io_lock, self._link(f"write {spec.address}"):
+            if address.pwm:
+                device.value = float(raw)
+            else:
+                device.value = raw >= 0.5
+
+    def _close(self) -> None:
+        with self._io_lock:
+            if self._pi is None or self._link_ok:
+                # A live link: let gpiozero release each pin (PWM off, back to input).
+                try:
+                    with self._link("release the pins"):
+                        for name in list(self.devices):
+                            self.devices[name].close()
+                            del self.devices[name]  # only once released: a failed one goes below
+                except Exception:
+                    pass  # whatever is left is released without talking below
+            if self._pi is not None:
+                _hang_up(self._pi, self.timeout)
+            for device in self.devices.values():
+                try:
+                    device.close()  # the connection is gone: bookkeeping only
+                except Exception:
+                    pass
+            self.devices.clear()
+            if self.factory is not None:
+                try:
+                    self.factory.close()
+                except Exception:
+                    pass

@@ -1,0 +1,192 @@
+"""The main job on embedded defaults: the simulated testbed, driven through the drivers.
+
+    python -m labrig.supervisor.demo [--rig RIG] [--seed N]
+
+Starts the simulated testbed (its own private state directory, so a testbed you
+run yourself is left alone), opens every node's production driver on its
+simulator, then lights the plasma the way an operator would: gas, then the
+magnetic field, then RF power, printing the readings as they come. It shows the
+plasma going out when the gas is shut, drives everything safe and stops the
+testbed, whatever happens.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from labrig.drivers.errors import LabrigError
+
+from .devices import make_device
+from .rig import Rig
+from .testbed import start_testbed, stop_testbed
+
+DEFAULT_RIG = Path(__file__).resolve().parent.parent / "examples" / "ishtar" / "rig.toml"
+
+# Where the simulated helicon source runs in wave mode (see simulators/plasma.py).
+GAS_SCCM = 20.0
+COIL_A = 400.0
+RF_W = 735.0
+PROBE_BIAS_V = -80.0  # ion saturation
+
+COLUMNS = [("t s", 5, "{:5.1f}"), ("step", 16, "{:<16}"), ("gas sccm", 8, "{:8.1f}"), ("p Pa", 7, "{:7.3f}"),
+           ("coil A", 7, "{:7.1f}"), ("B T", 6, "{:6.3f}"), ("RF fwd W", 8, "{:8.0f}"), ("refl W", 6, "{:6.0f}"),
+           ("probe mA", 8, "{:8.2f}"), ("n_e m^-3", 9, "{:9.2e}"), ("phase rad", 9, "{:9.2f}"), ("plasma", 8, "{:<8}")]
+
+
+class Bench:
+    """The five drivers of the rig, opened on their simulators, with the rig's devices on top."""
+
+    def __init__(self, rig: Rig, record: dict):
+        self.rig = rig
+        self.drivers = {}
+        self._where = {}
+        for node in rig.nodes:
+            self.drivers[node] = rig.open_driver(node, sim=True, sim_state=record)
+            for name in rig.signals_of(node):
+                self._where[name] = self.drivers[node]
+        self.devices = {name: make_device(name, d.class_, d.signals, d.params, self.read, self.write)
+                        for name, d in rig.spec.devices.items()}
+
+    def read(self, name: str) -> float:
+        return self._where[name].read(name)
+
+    def write(self, name: str, value: float):
+        return self._where[name].write(name, value)
+
+    def ramp(self, name: str, target: float, *, step_s: float = 0.05, on_step=None):
+        """Move an output to target at its declared max slew, from the host (a node runtime will do this)."""
+        sig = self.rig.signal(name)
+        start = self.read(name) if sig.direction == "out" else 0.0
+        rate = sig.max_slew or float("inf")
+        steps = max(1, int(abs(target - start) / rate / step_s + 0.999)) if rate != float("inf") else 1
+        for i in range(1, steps + 1):
+            self.write(name, start + (target - start) * i / steps)
+            if on_step:
+                on_step()
+            time.sleep(step_s)
+
+    def safe(self):
+        results = {}
+        for node, drv in self.drivers.items():
+            results[node] = drv.safe_state()
+        return results
+
+    def close(self):
+        for drv in self.drivers.values():
+            drv.close()
+
+
+def reading(bench: Bench) -> dict:
+    density = bench.devices["langmuir"].density()
+    return {
+        "gas": bench.read("gas_flow"), "p": bench.read("pressure"), "coil": bench.read("coil_current"),
+        "B": bench.devices["coil"].field(), "fwd": bench.read("rf_forward"), "refl": bench.read("rf_reflected"),
+        "probe": bench.read("langmuir_I"), "n": density, "phase": bench.read("interferometer_phase"),
+    }
+
+
+def plasma_word(r: dict) -> str:
+    if r["n"] > 1e18:
+        return "HELICON"
+    if r["n"] > 1e17:
+        return "bright"
+    if r["n"] > 1e15:
+        return "glow"
+    return "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="labrig demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rig", default=str(DEFAULT_RIG), help="rig file (default: the ISHTAR example)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    header = "  ".join(f"{title:>{width}}" if title != "step" else f"{title:<{width}}" for title, width, _ in COLUMNS)
+    t0 = time.monotonic()
+
+    def row(step: str, r: dict):
+        values = [time.monotonic() - t0, step, r["gas"], r["p"], r["coil"], r["B"], r["fwd"], r["refl"],
+                  r["probe"], r["n"], r["phase"], plasma_word(r)]
+        print("  ".join(fmt.format(v) for (_, _, fmt), v in zip(COLUMNS, values)), flush=True)
+
+    try:
+        rig = Rig.load(args.rig)
+    except LabrigError as exc:
+        print(f"labrig: {exc}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="labrig-demo-") as state:
+        print(f"labrig demo: starting the simulated {rig.name} testbed (one process per device) ...", flush=True)
+        try:
+            record = start_testbed(rig, seed=args.seed, directory=Path(state))
+        except LabrigError as exc:
+            print(f"labrig: {exc}", file=sys.stderr)
+            return 1
+        bench = None
+        try:
+            for node, info in record["simulators"].items():
+                print(f"  {node:7} {info['kind']:10} pid {info['pid']:<7} {info['url']}")
+            bench = Bench(rig, record)
+            print(f"\nopened {len(bench.drivers)} drivers; lighting the plasma: gas, then B field, then RF\n")
+            print(header)
+            print("-" * len(header))
+            last = [0.0]
+
+            def show(step):
+                def tick():
+                    if time.monotonic() - last[0] >= 0.4:
+                        last[0] = time.monotonic()
+                        row(step, reading(bench))
+                return tick
+
+            bench.write("probe_bias", PROBE_BIAS_V)
+            bench.write("coil_enable", 1)
+            row("all off", reading(bench))
+            bench.ramp("gas_flow", GAS_SCCM, on_step=show("gas on"))
+            _hold(0.8, show("gas on"))
+            bench.ramp("coil_current_set", COIL_A, on_step=show("B field ramp"))
+            _hold(1.0, show("B field"))
+            bench.ramp("rf_power", RF_W, on_step=show("RF ramp"))
+            _hold(1.5, show("RF on"))
+            on = reading(bench)
+            row("PLASMA ON", on)
+            bench.ramp("gas_flow", 0.0, on_step=show("gas off"))
+            _hold(2.0, show("gas off"))
+            off = reading(bench)
+            row("gas shut", off)
+            results = bench.safe()
+            safe = reading(bench)
+            row("safe state", safe)
+            print()
+            print(f"plasma on : n_e = {on['n']:.2e} m^-3 (Langmuir), interferometer {on['phase']:.2f} rad, "
+                  f"B = {on['B']:.3f} T, coil {on['coil']:.1f} A (setpoint {COIL_A:.0f} A)")
+            print(f"gas shut  : n_e = {off['n']:.2e} m^-3, interferometer {off['phase']:.2f} rad")
+            failed = {f"{n}.{o}": r.error for n, res in results.items() for o, r in res.items() if not r.ok}
+            print(f"safe state: {sum(len(r) for r in results.values())} outputs driven safe"
+                  + (f"; FAILED: {failed}" if failed else ""))
+            return 0 if on["n"] > 1e18 and off["n"] < 1e16 and not failed else 1
+        except LabrigError as exc:
+            print(f"labrig: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            if bench is not None:
+                with contextlib.suppress(Exception):
+                    bench.safe()
+                bench.close()
+            stop_testbed(Path(state))
+            print("simulated testbed stopped.")
+
+
+def _hold(seconds: float, tick):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        tick()
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
