@@ -20,6 +20,8 @@ Wiring to the world (the example rig's calibrations invert exactly this):
     GPIO24 out  charge-pump heartbeat        -> heartbeat_pin
 An output that is not driven (input mode) reads as its pull and is sent to the
 world as that level: an unpowered valve or trigger line is off.
+
+Options: tick_start (int, default 0): the first value of the microsecond tick.
 """
 from __future__ import annotations
 
@@ -125,6 +127,9 @@ class PigpioSimulator(DeviceSimulator):
         self._reported = 0  # GPIO 0-31 levels as last reported to the streams
         self._pushed: dict[int, float] = {}  # what we last sent the world, per output GPIO
         self._t0 = time.monotonic()
+        # Where the microsecond tick starts (a real Pi's counts from boot and wraps every
+        # 71.6 min); option tick_start lets tests put the wrap, and the sign bit, in reach.
+        self._tick0 = int(str(self.options.get("tick_start", 0)), 0) & 0xFFFFFFFF
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
@@ -308,7 +313,7 @@ class PigpioSimulator(DeviceSimulator):
 
     # -- pin levels and the world ----------------------------------------
     def _tick(self) -> int:
-        return int((time.monotonic() - self._t0) * 1e6) & 0xFFFFFFFF
+        return (self._tick0 + int((time.monotonic() - self._t0) * 1e6)) & 0xFFFFFFFF
 
     def _world_levels(self) -> dict[int, int]:
         state = self.world.state()

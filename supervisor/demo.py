@@ -89,12 +89,17 @@ def reading(bench: Bench) -> dict:
     }
 
 
+# One ADC count of probe current is ~8e15 m^-3: below a few counts the probe cannot tell.
+NO_PLASMA_DENSITY = 5e16  # m^-3
+NO_PLASMA_PHASE = 0.05  # rad
+
+
 def plasma_word(r: dict) -> str:
     if r["n"] > 1e18:
         return "HELICON"
     if r["n"] > 1e17:
         return "bright"
-    if r["n"] > 1e15:
+    if r["n"] > NO_PLASMA_DENSITY or r["phase"] > NO_PLASMA_PHASE:
         return "glow"
     return "-"
 
@@ -168,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             failed = {f"{n}.{o}": r.error for n, res in results.items() for o, r in res.items() if not r.ok}
             print(f"safe state: {sum(len(r) for r in results.values())} outputs driven safe"
                   + (f"; FAILED: {failed}" if failed else ""))
-            return 0 if on["n"] > 1e18 and off["n"] < 1e16 and not failed else 1
+            plasma_went_out = off["n"] < NO_PLASMA_DENSITY and off["phase"] < NO_PLASMA_PHASE
+            return 0 if on["n"] > 1e18 and plasma_went_out and not failed else 1
         except LabrigError as exc:
             print(f"labrig: {exc}", file=sys.stderr)
             return 1

@@ -44,6 +44,16 @@ DEFAULT_PORT = 8888  # pigpiod's
 MOCK_REVISION = "a02082"  # the board MockFactory pretends to be: a Pi 3 B, like the simulator
 MAX_BCM = 27  # GPIO0..27 are on the 40-pin header
 _HWVER = 17  # pigpio socket command: hardware revision (our connect probe)
+_UNSIGNED = {10, 11, 16, 17, 26}  # BR1, BR2, TICK, HWVER, PIGPV: results are uint32, not status codes
+# What pigpiod can answer (when not an error code) to the commands gpiozero sends; anything
+# else is a reply corrupted on the way, even when its echo survived.
+_PLAUSIBLE = {
+    3: lambda r: r in (0, 1),  # READ: a level
+    1: lambda r: r <= 7,  # MODEG: a mode
+    83: lambda r: r <= 1_000_000,  # GDC: a duty cycle (1M for hardware PWM)
+    22: lambda r: 25 <= r <= 40000,  # PRG: a PWM range
+    **{cmd: (lambda r: r == 0) for cmd in (0, 2, 4, 5, 19, 21, 97)},  # MODES PUD WRITE PWM NB NC FG
+}
 _ADDRESS = re.compile(r"(GPIO|PWM)(\d{1,2})")
 _FORMS = "GPIO<n> (digital in, or out) or PWM<n> (out, duty 0..1), n = BCM 0..27, e.g. GPIO17, PWM18"
 
@@ -58,10 +68,10 @@ class _Wire:
     """pigpio's command socket (pi.sl.s), bounded and checked.
 
     pigpio.pi writes a 16-byte request and reads a 16-byte reply, with no timeout
-    and no check. In its place this gives each exchange the driver's timeout,
-    drops late replies a slow link left behind (so the stream stays in step), and
+    and no check. In its place this gives each exchange the driver's timeout and
     compares the cmd/p1/p2 that pigpiod echoes in every reply: a corrupted reply
-    becomes a FrameError instead of a wrong level.
+    becomes a FrameError instead of a wrong level. Replies that a slow link
+    delivers after their caller gave up are dropped, so the stream stays in step.
 
     After one failure, the rest of the same driver call fails at once (`failed`
     is cleared by the driver per call): gpiozero's clean-up after an error talks
@@ -73,8 +83,11 @@ class _Wire:
         self.timeout = timeout
         self.device = device
         self.failed: type[LinkError] | None = None
-        self._echo: bytes | None = None
+        self._echo: bytes | None = None  # cmd/p1/p2 of the request awaiting its reply
+        self._cmd: int | None = None  # the command awaiting its reply
         self._deadline = 0.0
+        self._late = False  # a reply we gave up on may still arrive
+        self._dropped = False  # this exchange dropped late bytes
 
     def _fail(self, error: type[LinkError], message: str):
         self.failed = error
@@ -87,9 +100,10 @@ class _Wire:
     def sendall(self, data) -> None:
         if self.failed:
             raise self.failed("link failed earlier in this call", device=self.device)
-        self._drain()
         data = bytes(data)
+        self._dropped = self._drain()
         self._echo = data[:12] if len(data) >= 16 else None
+        self._cmd = struct.unpack_from("<I", data)[0] if self._echo is not None else None
         self._deadline = time.monotonic() + self.timeout
         try:
             self.sock.settimeout(self.timeout)
@@ -100,6 +114,30 @@ class _Wire:
             self._fail(LinkClosed, f"pigpio connection lost: {exc}")
 
     def recv(self, n: int) -> bytes:
+        if self._echo is None or n != 16:
+            return self._read(n)  # an extension after the reply (not used by gpiozero)
+        echo, self._echo = self._echo, None
+        data = self._read(16)
+        while data[:12] != echo:
+            if not self._late:
+                self._fail(FrameError, f"garbled pigpio reply {data.hex()} "
+                                       f"(request echo {echo.hex()} expected)")
+            self._dropped = True  # the late reply to an earlier request: skip it
+            data = self._read(16)
+        if not self._dropped:
+            self._late = False  # a clean exchange: the stream is in step again
+        if self._cmd not in _UNSIGNED:
+            result = pigpio.u2i(int.from_bytes(data[12:16], "little"))
+            if result < 0:
+                plausible = not pigpio.error_text(result).startswith("unknown error")
+            else:
+                plausible = _PLAUSIBLE.get(self._cmd, lambda r: True)(result)
+            if not plausible:
+                self._fail(FrameError, f"garbled pigpio reply: command {self._cmd} "
+                                       f"cannot answer {result}")
+        return data
+
+    def _read(self, n: int) -> bytes:
         data = bytearray()
         while len(data) < n:
             remaining = self._deadline - time.monotonic()
@@ -109,35 +147,30 @@ class _Wire:
                 self.sock.settimeout(remaining)
                 chunk = self.sock.recv(n - len(data))
             except TimeoutError:
+                self._late = True
                 self._fail(LinkTimeout, f"pigpio daemon did not answer within {self.timeout:g} s")
             except OSError as exc:
                 self._fail(LinkClosed, f"pigpio connection lost: {exc}")
             if not chunk:
                 self._fail(LinkClosed, "pigpio daemon closed the connection")
             data += chunk
-        if self._echo is not None:
-            echo, self._echo = self._echo, None
-            if bytes(data[:12]) != echo:
-                self._fail(FrameError, f"garbled pigpio reply {bytes(data).hex()} "
-                                       f"(request echo {echo.hex()} expected)")
-            result = pigpio.u2i(int.from_bytes(data[12:16], "little"))
-            if result < 0 and pigpio.error_text(result).startswith("unknown error"):
-                self._fail(FrameError, f"garbled pigpio reply: result {result} is no pigpio error code")
         return bytes(data)
 
-    def _drain(self) -> None:
-        """Drop whatever a slow link delivered after its caller gave up."""
+    def _drain(self) -> bool:
+        """Drop what a slow link delivered after its caller gave up; True if there was any."""
+        dropped = False
         self.sock.settimeout(0.0)
         try:
             while True:
                 if not self.sock.recv(4096):
                     self._fail(LinkClosed, "pigpio daemon closed the connection")
+                dropped = True
         except (BlockingIOError, InterruptedError):
-            pass
-        except OSError as exc:
-            if not isinstance(exc, LinkError):
-                self._fail(LinkClosed, f"pigpio connection lost: {exc}")
+            return dropped
+        except LinkError:
             raise
+        except OSError as exc:
+            self._fail(LinkClosed, f"pigpio connection lost: {exc}")
 
     def setsockopt(self, *args):
         self.sock.setsockopt(*args)
@@ -197,8 +230,14 @@ def _probe(host: str, port: int, timeout: float, device: str) -> int:
         return int.from_bytes(wire.recv(16)[12:], "little")
 
 
-def _hang_up(pi: pigpio.pi, timeout: float) -> None:
-    """Stop a pigpio.pi and its notification thread, whatever state the link is in."""
+def _hang_up(pi: pigpio.pi, grace: float) -> None:
+    """Stop a pigpio.pi and its notification reader, whatever state the link is in.
+
+    The reader quits when pigpiod answers NC on the stream; give it `grace` seconds
+    to, then cut the socket under it. (Not at once: Linux resets a socket shut for
+    reading when data, here that answer, still arrives, and the reader would die
+    of ECONNRESET instead of quitting.)
+    """
     reader = getattr(pi, "_notify", None)
     try:
         pi.stop()  # sends NC on the stream, closes the command socket
@@ -210,14 +249,16 @@ def _hang_up(pi: pigpio.pi, timeout: float) -> None:
         except OSError:
             pass
         pi.sl.s = None  # gpiozero's "connected" test: pins stop talking from here on
-    if reader is not None:
+    if reader is None or reader is threading.current_thread():
+        return
+    reader.join(grace)
+    if reader.is_alive():
         reader.go = False
-        try:  # wakes the reader out of recv() even if the Pi never answers NC
+        try:  # wakes the reader out of recv() when the Pi never answers NC
             reader.sl.s.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        if reader is not threading.current_thread():
-            reader.join(timeout)
+        reader.join(2.0)  # it is woken; this only waits for a busy machine to schedule it
 
 
 class GPIODriver(Driver):
@@ -255,7 +296,10 @@ class GPIODriver(Driver):
         if self.url.strip().lower().startswith("mock://"):
             self.factory = MockFactory(revision=MOCK_REVISION, pin_class=MockPWMPin)
         else:
-            url = parse_url(self.url, schemes=("pigpio",))
+            try:
+                url = parse_url(self.url, schemes=("pigpio",))
+            except ConfigError as exc:
+                raise ConfigError(f"{self.name}: {exc}; or mock:// (gpiozero's MockFactory)") from None
             self.factory = self._connect(url.host, url.port or DEFAULT_PORT)
         try:
             with self._link("set up the pins"):
@@ -280,7 +324,7 @@ class GPIODriver(Driver):
             with lock:
                 if "abandoned" in outcome:
                     if factory is not None:
-                        _hang_up(factory.connection, self.timeout)
+                        _hang_up(factory.connection, grace=0.0)
                         factory.close()
                 else:
                     outcome.update(factory=factory, error=error)
@@ -363,7 +407,7 @@ class GPIODriver(Driver):
                 except Exception:
                     pass  # whatever is left is released without talking below
             if self._pi is not None:
-                _hang_up(self._pi, self.timeout)
+                _hang_up(self._pi, grace=self.timeout if self._link_ok else 0.0)
             for device in self.devices.values():
                 try:
                     device.close()  # the connection is gone: bookkeeping only

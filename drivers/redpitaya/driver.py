@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from ..contract import ChannelSpec, Driver
 from ..errors import ConfigError, FrameError, LinkTimeout
@@ -75,7 +74,6 @@ class RedPitayaDriver(Driver):
             raise ConfigError(f"{url}: rf_frequency={self.rf_frequency:g} Hz; allowed (0, 50e6]")
         self.scpi: SCPIClient | None = None
         self.registers: MonitorClient | None = None
-        self._configured_generators: set[int] = set()
         super().__init__(url, channels, timeout=timeout, name=name)
 
     # -- Driver hooks ------------------------------------------------------
@@ -127,7 +125,6 @@ class RedPitayaDriver(Driver):
             if pin.kind == "out":
                 on = self.scpi.query(f"OUTPUT{pin.index}:STATE?").strip().upper()
                 if on not in ("ON", "OFF", "1", "0"):
-                    self.scpi.close_link() if hasattr(self.scpi, "close_link") else None
                     raise FrameError(f"OUTPUT{pin.index}:STATE? answered {on[:20]!r}", device=self.name)
                 amplitude = self.scpi.query_float(f"SOUR{pin.index}:VOLT?")
                 return amplitude if on in ("ON", "1") else 0.0
@@ -141,15 +138,12 @@ class RedPitayaDriver(Driver):
     def _write_raw(self, spec: ChannelSpec, pin: Pin, raw: float) -> None:
         with self._io_lock:
             if pin.kind == "out":
+                # The whole waveform every time (one round trip): another client or a *RST
+                # may have changed it, and the amplifier must only ever see our sine.
                 n = pin.index
-                commands = []
-                if n not in self._configured_generators:
-                    commands += [f"SOUR{n}:FUNC SINE", f"SOUR{n}:FREQ:FIX {self.rf_frequency:.9g}",
-                                 f"SOUR{n}:VOLT:OFFS 0"]
-                commands.append(f"SOUR{n}:VOLT {raw:.6g}")
-                commands.append(f"OUTPUT{n}:STATE {'ON' if raw > 0 else 'OFF'}")
-                self.scpi.command(*commands)
-                self._configured_generators.add(n)
+                self.scpi.command(f"SOUR{n}:FUNC SINE", f"SOUR{n}:FREQ:FIX {self.rf_frequency:.9g}",
+                                  f"SOUR{n}:VOLT:OFFS 0", f"SOUR{n}:VOLT {raw:.6g}",
+                                  f"OUTPUT{n}:STATE {'ON' if raw > 0 else 'OFF'}")
             elif pin.kind == "aout":
                 self.scpi.command(f"ANALOG:PIN {pin.scpi_name},{raw:.6g}")
             elif pin.kind == "dio":
@@ -167,7 +161,11 @@ class RedPitayaDriver(Driver):
     def _acquire_mean(self, channel: int) -> float:
         """One decimation-1 acquisition, triggered now; the mean of its first `samples` samples."""
         deadline = time.monotonic() + self.timeout
-        self.scpi.command("ACQ:RST", "ACQ:DEC 1", "ACQ:DATA:UNITS VOLTS", "ACQ:START", "ACQ:TRIG NOW")
+        self.scpi.command("ACQ:RST", "ACQ:DEC 1", "ACQ:DATA:UNITS VOLTS", "ACQ:START",
+                          timeout=self._left(deadline))
+        # The *OPC? round trip above (>= tens of us) lets the pre-trigger half of the buffer
+        # fill (65 us at decimation 1) before the trigger.
+        self.scpi.command("ACQ:TRIG NOW", timeout=self._left(deadline))
         while True:  # the buffer is complete once the trigger has been seen
             state = self.scpi.query("ACQ:TRIG:STAT?", timeout=self._left(deadline)).strip().upper()
             if state == "TD":
@@ -188,6 +186,3 @@ class RedPitayaDriver(Driver):
     @staticmethod
     def _left(deadline: float) -> float:
         return max(deadline - time.monotonic(), 1e-3)
-
-    def __getattr__(self, item: str) -> Any:  # pragma: no cover - clearer message than AttributeError
-        raise AttributeError(f"{type(self).__name__} has no attribute {item!r}")

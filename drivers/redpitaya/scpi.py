@@ -45,12 +45,14 @@ class SCPIClient:
         self._buffer = bytearray()
         self._lock = threading.RLock()
         self._closed = False
+        self._limit = self.timeout  # the present transaction's time limit, for messages
 
     # -- public API ---------------------------------------------------------
     def query(self, message: str, *, timeout: float | None = None) -> str:
         """Send a query, return its reply line (without the terminator)."""
         with self._lock:
-            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            self._limit = self.timeout if timeout is None else timeout
+            deadline = time.monotonic() + self._limit
             try:
                 self._send_lines([message], deadline)
                 return self._reply(message, deadline)
@@ -61,7 +63,8 @@ class SCPIClient:
     def command(self, *messages: str, timeout: float | None = None) -> None:
         """Send commands and wait until the server has run them (one *OPC? round trip)."""
         with self._lock:
-            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            self._limit = self.timeout if timeout is None else timeout
+            deadline = time.monotonic() + self._limit
             try:
                 self._send_lines([*messages, "*OPC?"], deadline)
                 reply = self._reply("; ".join(messages), deadline)
@@ -115,7 +118,7 @@ class SCPIClient:
                 sock = socket.create_connection((self.host, self.port),
                                                 timeout=max(deadline - time.monotonic(), 1e-3))
             except socket.timeout:
-                raise LinkTimeout(f"no connection to {self.host}:{self.port} within {self.timeout:g} s",
+                raise LinkTimeout(f"no connection to {self.host}:{self.port} within {self._limit:.3g} s",
                                   device=self.name) from None
             except OSError as exc:
                 raise LinkClosed(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}",
@@ -138,7 +141,7 @@ class SCPIClient:
             sock.settimeout(max(deadline - time.monotonic(), 1e-3))
             sock.sendall(data)
         except socket.timeout:
-            raise LinkTimeout(f"{messages[0]!r} not accepted within {self.timeout:g} s", device=self.name) from None
+            raise LinkTimeout(f"{messages[0]!r} not accepted within {self._limit:.3g} s", device=self.name) from None
         except OSError as exc:
             raise LinkClosed(f"link lost sending {messages[0]!r}: {exc.strerror or exc}", device=self.name) from None
 
@@ -164,7 +167,7 @@ class SCPIClient:
                 raise FrameError(f"{message!r}: no line end in {MAX_REPLY} bytes", device=self.name)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise LinkTimeout(f"no reply to {message!r} within {self.timeout:g} s", device=self.name)
+                raise LinkTimeout(f"no reply to {message!r} within {self._limit:.3g} s", device=self.name)
             try:
                 sock.settimeout(remaining)
                 chunk = sock.recv(65536)

@@ -18,6 +18,11 @@ from labrig.drivers.gpio.driver import GPIODriver
 from labrig.simulators.pigpio_server import HW_REVISION, PI_UNKNOWN_COMMAND, PigpioSimulator
 from labrig.simulators.world import LocalWorld
 
+# A pigpio reader thread dying of an exception, or a gpiozero device failing in
+# __del__, is a bug in how the driver hangs up: fail on it.
+pytestmark = [pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning"),
+              pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")]
+
 NODE = "pi1"
 CHANNELS = [
     ChannelSpec("door", "GPIO17"),
@@ -337,3 +342,13 @@ def test_pi_going_away_is_link_closed(world):
             drv.read("door")
     finally:
         drv.close()
+
+
+def test_ticks_past_the_sign_bit_are_not_errors(world):
+    # pigpio ticks are uint32 microseconds: after 35.8 min of uptime they have bit 31 set
+    with PigpioSimulator(world, node=NODE, options={"tick_start": "0x80000000"}) as sim, \
+            GPIODriver(sim.url, CHANNELS, timeout=0.5, name=NODE) as drv:
+        first = drv.factory.ticks()
+        assert first >= 0x80000000
+        assert drv.factory.ticks_diff(drv.factory.ticks(), first) >= 0
+        assert drv.read("door") == 1.0
