@@ -49,6 +49,14 @@ def _no_leaked_threads(request):
 
 
 @pytest.fixture
+def world():
+    """The plasma world in-process, on its own thread (unit and protocol tests of one simulator)."""
+    from labrig.simulators.world import LocalWorld
+    with LocalWorld(seed=1) as w:
+        yield w
+
+
+@pytest.fixture
 def ishtar_path() -> Path:
     return ISHTAR
 

@@ -23,7 +23,7 @@ from labrig.drivers.contract import ChannelSpec, open_driver
 from labrig.drivers.errors import (ConfigError, DeviceError, FrameError, LinkClosed, LinkError,
                                    LinkTimeout, RangeError)
 from labrig.simulators.arduino import ArduinoSimulator
-from labrig.simulators.world import LocalWorld
+from support import eventually
 
 TIMEOUT = 0.4
 NODE = "ard1"
@@ -41,23 +41,7 @@ CHANNELS = [
 ]
 
 
-def eventually(predicate, timeout=3.0):
-    """Poll a condition about the world (its state refreshes every few ms)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
-
-@pytest.fixture
-def world():
-    w = LocalWorld()
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from labrig.drivers.errors import ConfigError, FrameError, LinkClosed, LinkTimeo
 from labrig.drivers.gpio.driver import GPIODriver
 from labrig.simulators.pigpio_server import HW_REVISION, PI_UNKNOWN_COMMAND, PigpioSimulator
 from labrig.simulators.world import LocalWorld
+from support import eventually
 
 # A pigpio reader thread dying of an exception, or a gpiozero device failing in
 # __del__, is a bug in how the driver hangs up: fail on it.
@@ -32,31 +33,8 @@ CHANNELS = [
 ]
 
 
-def eventually(check, timeout=2.0):
-    """Poll until `check()` is truthy; the world model updates on its own 5 ms thread."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.005)
 
 
-@pytest.fixture(autouse=True)
-def no_leaked_threads():
-    before = set(threading.enumerate())
-    yield
-    leaked = eventually(lambda: not (set(threading.enumerate()) - before), timeout=3.0)
-    assert leaked, f"threads left behind: {set(threading.enumerate()) - before}"
-
-
-@pytest.fixture
-def world():
-    w = LocalWorld()
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import pytest
 
 from labrig.drivers.redpitaya import registers as R
 from labrig.simulators.redpitaya import RedPitayaSimulator
-from labrig.simulators.world import LocalWorld
 
 NODE = "rp-fpga"
 
@@ -45,10 +44,6 @@ def pyrpl_redpitaya_class(tmp_path_factory):
         mp.undo()
 
 
-@pytest.fixture
-def world():
-    with LocalWorld(seed=2) as w:
-        yield w
 
 
 @pytest.fixture

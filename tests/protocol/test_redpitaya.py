@@ -18,7 +18,7 @@ from labrig.drivers.redpitaya.driver import RedPitayaDriver
 from labrig.drivers.redpitaya.monitor import MonitorClient
 from labrig.drivers.redpitaya.scpi import SCPIClient, parse_values
 from labrig.simulators.redpitaya import RedPitayaSimulator
-from labrig.simulators.world import LocalWorld
+from support import eventually
 
 NODE = "rp1"
 TIMEOUT = 0.3  # s, the I/O timeout of clients under test
@@ -38,20 +38,7 @@ def _hostport(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _wait_for(predicate, timeout=2.0):
-    """Poll until predicate() is true: the world publishes its state every 5 ms."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
-
-@pytest.fixture
-def world():
-    with LocalWorld(seed=1) as w:
-        yield w
 
 
 @pytest.fixture
@@ -142,12 +129,12 @@ def test_scpi_generator_drives_the_rf_amplifier(scpi, world):
     assert world.get("rf_drive") == 0.0  # amplitude set, output still off
     scpi.command("OUTPUT1:STATE ON")
     assert scpi.query("output1:state?") == "ON"  # case-insensitive
-    assert _wait_for(lambda: world.get("rf_drive") == pytest.approx(0.4))
+    assert eventually(lambda: world.get("rf_drive") == pytest.approx(0.4))
     scpi.command("SOUR1:VOLT 0.25")
-    assert _wait_for(lambda: world.get("rf_drive") == pytest.approx(0.25))
+    assert eventually(lambda: world.get("rf_drive") == pytest.approx(0.25))
     scpi.command("SOUR2:VOLT 0.9", "OUTPUT2:STATE ON")  # out2 is not wired to the amplifier
     scpi.command("OUTPUT1:STATE OFF")
-    assert _wait_for(lambda: world.get("rf_drive") == 0.0)
+    assert eventually(lambda: world.get("rf_drive") == 0.0)
     with pytest.raises(FrameError, match="ERR!"):
         scpi.command("SOUR3:VOLT 0.1")  # no third generator
 
@@ -331,10 +318,10 @@ def test_open_driver_names_the_class(sim):
 
 def test_write_out1_drives_the_world(driver, world):
     assert driver.write("rf_drive", 0.4) == pytest.approx(0.4)
-    assert _wait_for(lambda: world.get("rf_drive") == pytest.approx(0.4))
+    assert eventually(lambda: world.get("rf_drive") == pytest.approx(0.4))
     assert driver.read("rf_drive") == pytest.approx(0.4)
     driver.write("rf_drive", 0.0)  # zero amplitude also switches the output off
-    assert _wait_for(lambda: world.get("rf_drive") == 0.0)
+    assert eventually(lambda: world.get("rf_drive") == 0.0)
     assert driver.scpi.query("OUTPUT1:STATE?") == "OFF"
     with pytest.raises(RangeError, match=r"\[0, 1\]"):
         driver.write("rf_drive", 1.2)
@@ -372,11 +359,11 @@ def test_slow_outputs_and_pins(driver, sim):
 def test_safe_state(driver, world):
     driver.write("rf_drive", 0.6)
     driver.write("shutter", 1)
-    assert _wait_for(lambda: world.get("rf_drive") == pytest.approx(0.6))
+    assert eventually(lambda: world.get("rf_drive") == pytest.approx(0.6))
     results = driver.safe_state()
     assert all(r.ok for r in results.values()), results
     assert set(results) == {"rf_drive", "aux_dac", "shutter"}
-    assert _wait_for(lambda: world.get("rf_drive") == 0.0)
+    assert eventually(lambda: world.get("rf_drive") == 0.0)
     assert driver.read("shutter") == 0.0
 
 

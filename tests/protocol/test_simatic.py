@@ -11,7 +11,7 @@ from labrig.drivers.errors import ConfigError, DeviceError, LinkClosed, LinkErro
 from labrig.drivers.simatic.driver import SimaticDriver
 from labrig.drivers.simatic.tags import parse_tag
 from labrig.simulators.simatic import SimaticSimulator, Watchdog, plc_logic
-from labrig.simulators.world import LocalWorld
+from support import wait_for
 
 TIMEOUT = 0.5  # s, the driver timeout in these tests
 SNAP7_TIMEOUT = 5.0  # s, what snap7 alone would wait on a dead socket
@@ -29,29 +29,11 @@ CHANNELS = [
 ]
 
 
-def wait_for(condition, timeout: float, what: str):
-    """Poll `condition()` until true; fail naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
-
 
 def s7_threads():
     return [t for t in threading.enumerate() if t.name.startswith(("s7-", "plc-scan"))]
 
 
-@pytest.fixture
-def world():
-    w = LocalWorld()
-    try:
-        yield w
-    finally:
-        w.close()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from labrig.drivers.errors import (ConfigError, DeviceError, FrameError, LinkClo
                                    LinkTimeout)
 from labrig.drivers.visa.driver import VisaDriver
 from labrig.simulators.visa_instrument import THRESHOLD_DEFAULT, VisaSimulator
-from labrig.simulators.world import LocalWorld
 
 NODE = "gauge"
 TIMEOUT = 0.3  # s, the driver's I/O timeout in these tests
@@ -40,10 +39,6 @@ def _no_fd_leak(before: int) -> bool:
     return _fds() <= before
 
 
-@pytest.fixture
-def world():
-    with LocalWorld(seed=1) as w:
-        yield w
 
 
 @pytest.fixture

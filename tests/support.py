@@ -1,0 +1,26 @@
+"""Helpers shared by the tests (importable as `support`: pytest's pythonpath holds tests/)."""
+from __future__ import annotations
+
+import time
+
+
+def eventually(check, timeout: float = 3.0, interval: float = 0.005):
+    """Poll `check()` until it is truthy or `timeout` s pass; returns its last value.
+
+    The simulated world refreshes its state every few ms, so effects of a write
+    show up after a short, bounded delay.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def wait_for(check, timeout: float, what: str):
+    """Like eventually(), but fail the test naming `what` when the time runs out."""
+    value = eventually(check, timeout, interval=0.02)
+    if not value:
+        raise AssertionError(f"{what}: not within {timeout} s")
+    return value
