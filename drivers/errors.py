@@ -1,13 +1,15 @@
 """The one exceptions module of labrig's drivers (httpx-style: a small tree).
 
     LabrigError
-    ├── ConfigError            bad rig file, bad URL, unknown channel
-    ├── RangeError             a value outside a channel's hard range
-    └── LinkError              anything wrong with the link to a device
-        ├── LinkTimeout        the device did not answer within the I/O timeout
-        ├── LinkClosed         the peer closed the link, or the driver is closed
-        └── FrameError         a garbled, truncated or unexpected frame
-    DeviceError                the device answered, with an error of its own
+    ├── ConfigError            bad rig file, bad URL, unknown channel or signal
+    ├── RangeError             a value outside a channel's hard range or a signal's limits
+    ├── Refused                a safety layer refused a request (interlock, trip, lease)
+    ├── LinkError              anything wrong with the link to a device or a node
+    │   ├── LinkTimeout        no answer within the timeout
+    │   │   └── NodeUnavailable  a node runtime did not answer (names its last heartbeat)
+    │   ├── LinkClosed         the peer closed the link, or the driver is closed
+    │   └── FrameError         a garbled, truncated or unexpected frame
+    └── DeviceError            the device answered, with an error of its own
 """
 from __future__ import annotations
 
@@ -42,6 +44,14 @@ class LinkClosed(LinkError, ConnectionError):
 
 class FrameError(LinkError):
     """A garbled, truncated or unexpected frame arrived."""
+
+
+class NodeUnavailable(LinkTimeout):
+    """A node runtime did not answer within the timeout."""
+
+
+class Refused(LabrigError):
+    """A safety layer refused a request; the message says which and why."""
 
 
 class DeviceError(LabrigError):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,13 +12,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from labrig.drivers.errors import LabrigError
+from labrig.drivers.errors import ConfigError, LabrigError
 
 app = typer.Typer(help="labrig: a hardware-control Jupyter kernel cluster for physics labs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 sim_app = typer.Typer(help="The simulated testbed: one simulator per node, coupled through one plasma model.",
                       no_args_is_help=True)
 app.add_typer(sim_app, name="sim")
+node_app = typer.Typer(help="Node runtimes: one process per board that owns its hardware.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+keys_app = typer.Typer(help="CurveZMQ keys for runtimes reached from other hosts.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -176,6 +181,73 @@ def sim_fault(kind: str = typer.Argument(..., help="sensor or link"),
     except ValueError as exc:
         raise TestbedError(str(exc)) from None
     out.print(f"fault: {kind} {name} {mode}")
+
+
+@node_app.command("serve")
+@friendly
+def node_serve(rig: Path = RigArg,
+               node: str = typer.Argument(..., help="The node's name in the rig file."),
+               sim: bool = typer.Option(False, "--sim", help="Use the node's simulator (from `labrig sim up`)."),
+               bind: str = typer.Option("127.0.0.1", help="Interface to serve on; not loopback needs --curve-keys."),
+               port: int = typer.Option(0, help="TCP port (0: any free port, recorded in the state directory)."),
+               broker: Optional[str] = typer.Option(None, help="MQTT broker URL, or 'none' (default: the rig's, "
+                                                    "else the cluster's)."),
+               curve_keys: Optional[str] = typer.Option(None, help="Folder with server.key_secret (labrig keys generate)."),
+               state_dir: Optional[Path] = StateOpt):
+    """Run one node's runtime in the foreground until SIGTERM (systemd runs this on a real board)."""
+    import logging
+    from .runtime.main import serve_node
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raise typer.Exit(serve_node(str(rig), node, sim=sim, directory=_state(state_dir), bind=bind, port=port,
+                                broker=broker, curve_keys=curve_keys))
+
+
+@node_app.command("install")
+@friendly
+def node_install(rig: Path = RigArg,
+                 node: str = typer.Argument(..., help="The node's name in the rig file."),
+                 output: Path = typer.Option(Path("/etc/systemd/system"), help="Folder for the unit file."),
+                 user: str = typer.Option("labrig", help="The user the runtime runs as."),
+                 bind: str = typer.Option("127.0.0.1", help="Interface to serve on."),
+                 port: int = typer.Option(5555, help="TCP port."),
+                 curve_keys: Optional[str] = typer.Option(None, help="Folder with server.key_secret.")):
+    """Write a systemd unit that runs this node's runtime on a real board (enable it with systemctl)."""
+    from .rig import Rig
+    from .systemd import unit_text
+    r = Rig.load(rig)
+    r.node(node)
+    path = output / f"labrig-node-{node}.service"
+    path.write_text(unit_text(rig.resolve(), node, user=user, bind=bind, port=port, curve_keys=curve_keys))
+    out.print(f"wrote {path}; then: systemctl daemon-reload && systemctl enable --now {path.name}")
+
+
+@app.command()
+@friendly
+def logs(name: str = typer.Argument(..., help="A node (its runtime's log), or sim-NODE, sim-world, broker."),
+         lines: int = typer.Option(40, "-n", help="How many lines from the end."),
+         state_dir: Optional[Path] = StateOpt):
+    """Show the log of a node runtime (or another background process) started by labrig."""
+    from .processes import log_tail
+    directory = _state(state_dir) / "logs"
+    candidates = [directory / f"node-{name}.log", directory / f"{name}.log"]
+    for path in candidates:
+        if path.exists():
+            out.print(log_tail(path, lines), markup=False, highlight=False)
+            return
+    known = sorted(p.stem for p in directory.glob("*.log")) if directory.exists() else []
+    raise ConfigError(f"no log for {name!r} in {directory}; known: {', '.join(known) or 'none'}")
+
+
+@keys_app.command("generate")
+@friendly
+def keys_generate(directory: Path = typer.Argument(..., help="Folder for server and client key pairs.")):
+    """Make CurveZMQ key pairs (server.key, server.key_secret, client.key, client.key_secret)."""
+    import zmq.auth
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in ("server", "client"):
+        public, secret = zmq.auth.create_certificates(str(directory), name)
+        os.chmod(secret, 0o600)
+    out.print(f"keys in {directory}: give clients server.key (public); keep *.key_secret private")
 
 
 def main() -> None:

@@ -1,0 +1,107 @@
+"""`labrig node serve RIG NODE`: run one node's runtime in this process until SIGTERM.
+
+Writes `node-NAME.json` (pid, endpoint) into the state directory once it
+listens, so clients, `labrig status` and `labrig down` find it; removes it on exit.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from labrig.drivers.errors import ConfigError
+
+from ..rig import Rig
+from ..state import read_state, remove_state, state_dir, write_state
+from .server import NodeRuntime
+
+log = logging.getLogger("labrig.node")
+
+
+def node_state_name(node: str) -> str:
+    return f"node-{node}"
+
+
+def topic(rig: str, node: str, suffix: str) -> str:
+    return f"labrig/{rig}/{node}/{suffix}"
+
+
+def broker_url(rig: Rig, directory: Path, override: str | None) -> str | None:
+    """The broker a node publishes to: --broker, else the rig's [broker] url, else the cluster's own."""
+    if override:
+        return None if override == "none" else override
+    if rig.spec.broker.url:
+        return rig.spec.broker.url
+    record = read_state("broker", directory)
+    return record["url"] if record else None
+
+
+def load_curve_keys(directory: str | None) -> tuple[bytes | None, bytes | None]:
+    if not directory:
+        return None, None
+    import zmq.auth
+    path = Path(directory) / "server.key_secret"
+    if not path.exists():
+        raise ConfigError(f"no CurveZMQ server key at {path}; make one with `labrig keys generate {directory}`")
+    public, secret = zmq.auth.load_certificate(str(path))
+    return secret, public
+
+
+def serve_node(rig_path: str, node: str, *, sim: bool = False, directory: Path | None = None,
+               bind: str = "127.0.0.1", port: int = 0, broker: str | None = None,
+               curve_keys: str | None = None, ready: threading.Event | None = None,
+               stop: threading.Event | None = None) -> int:
+    directory = directory or state_dir()
+    rig = Rig.load(rig_path)
+    spec = rig.node(node)
+    sim_state = read_state("sim", directory)
+    secret, public = load_curve_keys(curve_keys)
+    publisher = None
+    url = broker_url(rig, directory, broker)
+    if url:
+        from ..mqtt import MqttPublisher
+        username = rig.spec.broker.username or None
+        password = os.environ.get(rig.spec.broker.password_env) if rig.spec.broker.password_env else None
+        publisher = MqttPublisher(url, client_id=f"labrig-{rig.name}-{node}-{os.getpid()}",
+                                  will=(topic(rig.name, node, "status"), b"offline", True),
+                                  username=username, password=password, tls=rig.spec.broker.tls)
+
+    def publish(suffix, payload, retain):
+        if publisher is not None:
+            publisher.publish(topic(rig.name, node, suffix), payload, retain=retain)
+
+    driver = rig.open_driver(node, sim=sim, sim_state=sim_state)
+    try:
+        runtime = NodeRuntime(rig, node, driver, bind=bind, port=port, curve_secret_key=secret,
+                              curve_public_key=public, publish=publish)
+    except Exception:
+        driver.close()
+        if publisher:
+            publisher.close()
+        raise
+    write_state(node_state_name(node), {"node": node, "kind": spec.kind, "pid": os.getpid(),
+                                        "endpoint": runtime.endpoint, "rig": str(rig.path), "rig_name": rig.name,
+                                        "url": driver.url, "broker": url, "started": time.time(),
+                                        "public_key": public.decode() if public else None}, directory)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: runtime.stop())
+        signal.signal(signal.SIGINT, lambda *_: runtime.stop())
+    threading.Thread(target=lambda: (stop.wait(), runtime.stop()), daemon=True, name="stop-watch").start()
+    log.info("node %s serving on %s (driver %s, broker %s)", node, runtime.endpoint, driver.url, url)
+    if ready:
+        ready.set()
+    try:
+        runtime.serve()
+    finally:
+        stop.set()
+        runtime.close()
+        if publisher:
+            publisher.close()
+        record = read_state(node_state_name(node), directory)
+        if record and record.get("pid") == os.getpid():
+            remove_state(node_state_name(node), directory)
+    return 0

@@ -1,0 +1,270 @@
+"""The node runtime: one process per board that owns its drivers and outlives kernels.
+
+It serves structured requests on a ZeroMQ ROUTER socket (see protocol.py). The
+socket loop only routes: anything that touches the hardware runs, in arrival
+order, on one I/O thread, so a slow or dead link never stops `ping`, `status`
+of the runtime itself, heartbeats or an emergency `safe`, which jumps the queue.
+Ramps run on their own timing thread, telemetry on another; MQTT publishing
+never blocks any of them.
+"""
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import queue
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+import zmq
+
+from labrig.drivers.contract import Driver
+from labrig.drivers.errors import ConfigError, LabrigError
+
+from ..rig import Rig
+from . import protocol
+from .envelope import Envelope
+from .ramps import Ramp, RampEngine
+from .telemetry import TelemetrySampler
+
+URGENT, NORMAL = 0, 1
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except OSError:
+            return False
+
+
+class NodeRuntime:
+    def __init__(self, rig: Rig, node: str, driver: Driver, *, bind: str = "127.0.0.1", port: int = 0,
+                 curve_secret_key: bytes | None = None, curve_public_key: bytes | None = None,
+                 publish: Callable[[str, Any, bool], None] | None = None):
+        if not is_loopback(bind) and not curve_secret_key:
+            raise ConfigError(f"refusing to bind node {node!r} to {bind}: another interface than loopback needs "
+                              "CurveZMQ keys (labrig keys generate DIR, then --curve-keys DIR), so that no one "
+                              "on the network can drive the hardware")
+        self.rig = rig
+        self.node = node
+        self.spec = rig.node(node)
+        self.driver = driver
+        self.envelope = Envelope(node, rig.signals_of(node))
+        self.started = time.time()
+        self._publish = publish or (lambda topic, payload, retain: None)
+        self.clients: dict[str, float] = {}
+        self.setpoints: dict[str, float] = {}
+        self._init_setpoints()
+
+        self.ctx = zmq.Context()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        if curve_secret_key:
+            self.router.curve_server = True
+            self.router.curve_secretkey = curve_secret_key
+            self.router.curve_publickey = curve_public_key
+        host = "*" if bind in ("0.0.0.0", "*") else bind
+        if port:
+            self.router.bind(f"tcp://{host}:{port}")
+        else:
+            port = self.router.bind_to_random_port(f"tcp://{host}")
+        self.endpoint = f"tcp://{'127.0.0.1' if host == '*' else bind}:{port}"
+        self.replies = self.ctx.socket(zmq.PULL)
+        self.replies.bind(f"inproc://replies-{id(self)}")
+
+        self._work: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._stop = threading.Event()
+        self.ramps = RampEngine(self._write_output)
+        rates = {name: sig.rate or self.spec.telemetry_rate for name, sig in self.envelope.signals.items()}
+        self.telemetry = TelemetrySampler(self.driver.read, rates, lambda batch: self._publish("telemetry", batch, False),
+                                          node=node)
+        self._worker = threading.Thread(target=self._io_worker, name=f"io-{node}", daemon=True)
+        self._worker.start()
+        self._heartbeat_seq = 0
+
+    # -- hardware access (I/O thread, ramp thread) -------------------------
+    def _init_setpoints(self) -> None:
+        for name, sig in self.envelope.signals.items():
+            if sig.direction == "out":
+                try:
+                    self.setpoints[name] = self.driver.read(name)
+                except (LabrigError, OSError):
+                    self.setpoints[name] = sig.safe if sig.safe is not None else 0.0
+
+    def _write_output(self, name: str, value: float) -> float:
+        self.driver.write(name, value)
+        self.setpoints[name] = value
+        return value
+
+    def _handle_io(self, op: str, args: dict[str, Any], client: str) -> Any:
+        if op == "read":
+            self.envelope.signal(args.get("signal"))
+            return self.driver.read(args["signal"])
+        if op == "read_many":
+            names = args.get("signals") or list(self.envelope.signals)
+            for name in names:
+                self.envelope.signal(name)
+            return {name: self.driver.read(name) for name in names}
+        if op == "write":
+            name = args.get("signal")
+            value = self.envelope.check_value(name, args.get("value"))
+            self.ramps.stop(name)  # a direct write ends a ramp on the same output
+            return self._write_output(name, value)
+        if op == "ramp":
+            name = args.get("signal")
+            target, rate = self.envelope.check_ramp(name, args.get("target"), args.get("rate"))
+            start = self.setpoints.get(name, 0.0)
+            return self.ramps.start(Ramp(name, start, target, rate, client=client)).as_dict()
+        if op == "safe":
+            return self._safe_state()
+        if op == "status":
+            return self._status()
+        raise ConfigError(f"unknown operation {op!r}; allowed: {', '.join(protocol.OPS)}")
+
+    def _safe_state(self) -> dict[str, Any]:
+        self.ramps.stop_all("safe state requested")
+        results = self.driver.safe_state()
+        for name, result in results.items():
+            if result.ok:
+                self.setpoints[name] = result.value
+        return {name: {"ok": r.ok, "value": r.value, "error": r.error} for name, r in results.items()}
+
+    def _status(self) -> dict[str, Any]:
+        signals = {}
+        for name, sig in self.envelope.signals.items():
+            entry = {"unit": sig.unit, "direction": sig.direction, "channel": sig.channel,
+                     "limits": list(sig.limits) if sig.limits else None, "safe": sig.safe,
+                     "max_slew": sig.max_slew}
+            try:
+                entry["value"] = self.driver.read(name)
+            except (LabrigError, OSError) as exc:
+                entry["value"], entry["error"] = None, f"{type(exc).__name__}: {exc}"
+            if sig.direction == "out":
+                entry["setpoint"] = self.setpoints.get(name)
+            signals[name] = entry
+        return {**self._identity(), "kind": self.spec.kind, "url": self.driver.url, "signals": signals,
+                "ramps": self.ramps.states(), "trips": [], "clients": dict(self.clients),
+                "telemetry": {"rates": dict(self.telemetry.rates), **self.telemetry.stats}}
+
+    def _identity(self) -> dict[str, Any]:
+        return {"node": self.node, "rig": self.rig.name, "pid": os.getpid(), "endpoint": self.endpoint,
+                "time": time.time(), "uptime": time.time() - self.started}
+
+    def _io_worker(self) -> None:
+        out = self.ctx.socket(zmq.PUSH)
+        out.setsockopt(zmq.LINGER, 0)
+        out.connect(f"inproc://replies-{id(self)}")
+        try:
+            while True:
+                _, _, item = self._work.get()
+                if item is None:
+                    return
+                identity, request = item
+                try:
+                    result = self._handle_io(request["op"], request.get("args") or {}, request.get("client", ""))
+                    reply = {"id": request.get("id"), "ok": True, "result": result}
+                except Exception as exc:  # every failure is answered, typed
+                    reply = protocol.error_reply(request.get("id"), exc)
+                out.send_multipart([identity, protocol.encode(reply)])
+        finally:
+            out.close(0)
+
+    # -- the socket loop ---------------------------------------------------
+    def _answer(self, identity: bytes, reply: dict) -> None:
+        self.router.send_multipart([identity, protocol.encode(reply)])
+
+    def _dispatch(self, identity: bytes, frame: bytes) -> None:
+        try:
+            request = protocol.decode(frame)
+        except (ValueError, UnicodeDecodeError) as exc:
+            self._answer(identity, protocol.error_reply(None, ConfigError(f"malformed request: {exc}")))
+            return
+        op, args = request.get("op"), request.get("args") or {}
+        self.clients[str(request.get("client", "?"))] = time.time()
+        try:
+            if op == "ping":
+                result = self._identity()
+            elif op == "ramps":
+                result = self.ramps.states()
+            elif op == "stop_ramp":
+                self.envelope.output(args.get("signal"))
+                ramp = self.ramps.stop(args["signal"])
+                result = ramp.as_dict() if ramp else None
+            elif op == "configure":
+                rates = args.get("telemetry") or {}
+                for name in rates:
+                    self.envelope.signal(name)
+                result = {"telemetry": self.telemetry.configure(rates)}
+            elif op in ("read", "read_many", "write", "ramp", "status", "safe"):
+                if op == "safe":
+                    self.ramps.stop_all("safe state requested")  # at once, before the queue
+                self._work.put((URGENT if op == "safe" else NORMAL, next(self._order), (identity, request)))
+                return
+            else:
+                raise ConfigError(f"unknown operation {op!r}; allowed: {', '.join(protocol.OPS)}")
+            self._answer(identity, {"id": request.get("id"), "ok": True, "result": result})
+        except Exception as exc:
+            self._answer(identity, protocol.error_reply(request.get("id"), exc))
+
+    def heartbeat(self) -> None:
+        self._heartbeat_seq += 1
+        self._publish("heartbeat", {**self._identity(), "seq": self._heartbeat_seq}, True)
+
+    def serve(self) -> None:
+        """Serve until stop(); publishes a heartbeat every `heartbeat` seconds."""
+        self._publish("status", "online", True)
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.replies, zmq.POLLIN)
+        period = self.spec.heartbeat
+        next_beat = time.monotonic()
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                self.heartbeat()
+                next_beat = now + period
+            events = dict(poller.poll(max(1, int((next_beat - now) * 1000)) if not self._stop.is_set() else 0))
+            if self.router in events:
+                while True:
+                    try:
+                        identity, frame = self.router.recv_multipart(zmq.NOBLOCK)[:2]
+                    except zmq.Again:
+                        break
+                    except ValueError:
+                        continue  # a frame without identity cannot be answered
+                    self._dispatch(identity, frame)
+            if self.replies in events:
+                while True:
+                    try:
+                        self.router.send_multipart(self.replies.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self, *, safe: bool = True) -> None:
+        """Stop ramps and telemetry, drive outputs safe (a stopped runtime leaves the board safe), close."""
+        self.ramps.close()
+        self.telemetry.close()
+        if safe:
+            try:
+                self._safe_state()
+            except Exception:  # closing must finish; the device's own watchdog is the next layer
+                pass
+        self._work.put((URGENT, -1, None))
+        self._worker.join(3)
+        self._publish("status", "offline", True)
+        self.driver.close()
+        self.router.close(0)
+        self.replies.close(0)
+        self.ctx.term()

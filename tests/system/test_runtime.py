@@ -1,0 +1,118 @@
+"""The node runtime against the simulated testbed, reached through its ZeroMQ client."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from labrig.drivers.errors import ConfigError, NodeUnavailable, RangeError
+from labrig.simulators.world import world_control
+from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
+from labrig.supervisor.runtime.main import serve_node
+from labrig.supervisor.state import read_state
+from support import eventually
+
+
+@pytest.fixture
+def runtime(testbed, ishtar_path):
+    """The ard1 runtime, in a thread of this process, on the module's testbed."""
+    directory = Path(testbed["state_dir"])
+    ready, stop = threading.Event(), threading.Event()
+    errors = []
+
+    def run():
+        try:
+            serve_node(str(ishtar_path), "ard1", sim=True, directory=directory, broker="none", ready=ready, stop=stop)
+        except Exception as exc:  # surfaced by the fixture
+            errors.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=run, name="runtime-ard1")
+    thread.start()
+    assert ready.wait(15) and not errors, errors
+    record = read_state("node-ard1", directory)
+    try:
+        yield record
+    finally:
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def world(testbed, name):
+    return world_control(testbed["world"]["endpoints"]["control"], {"op": "snapshot"})["state"][name]
+
+
+def test_read_write_ramp_status(runtime, testbed):
+    with RuntimeClient(runtime["endpoint"], node="ard1") as ard:
+        assert ard.ping()["node"] == "ard1"
+        assert isinstance(ard.read("langmuir_I"), float)
+        values = ard.read_many()
+        assert set(values) == {"langmuir_I", "cooling_flow", "cooling_ok", "probe_bias", "beacon"}
+        assert ard.write("probe_bias", -20.0) == -20.0
+        assert eventually(lambda: abs(world(testbed, "probe_bias") + 20.0) < 0.6)
+        ramp = ard.ramp("probe_bias", -60.0, rate=100.0)
+        assert ramp["state"] == "running" and ramp["start"] == -20.0
+        assert eventually(lambda: ard.ramps()[-1]["state"] == "done", timeout=3)
+        assert abs(world(testbed, "probe_bias") + 60.0) < 0.6
+        status = ard.status()
+        assert status["signals"]["probe_bias"]["setpoint"] == -60.0
+        assert status["signals"]["probe_bias"]["limits"] == [-100.0, 50.0]
+        safe = ard.safe()
+        assert safe["probe_bias"]["ok"] and safe["probe_bias"]["value"] == 0.0
+
+
+def test_refusals_name_what_is_allowed(runtime):
+    with RuntimeClient(runtime["endpoint"], node="ard1") as ard:
+        with pytest.raises(ConfigError, match=r"no signal 'langmuir_i'.*langmuir_I"):
+            ard.read("langmuir_i")
+        with pytest.raises(ConfigError, match="is an input"):
+            ard.write("langmuir_I", 1.0)
+        with pytest.raises(RangeError, match=r"outside its limits \[-100, 50\] V"):
+            ard.write("probe_bias", 70.0)
+        with pytest.raises(RangeError, match="exceeds its max slew 500 V/s"):
+            ard.ramp("probe_bias", -10.0, rate=1000.0)
+        with pytest.raises(RangeError, match="finite number is required"):
+            ard.write("probe_bias", float("nan"))
+        with pytest.raises(ConfigError, match="unknown operation"):
+            ard.call("format_disk")
+
+
+def test_async_client(runtime):
+    import asyncio
+
+    async def main():
+        client = AsyncRuntimeClient(runtime["endpoint"], node="ard1")
+        try:
+            return await client.read("cooling_flow")
+        finally:
+            client.close()
+    assert asyncio.run(main()) == pytest.approx(6.0, abs=0.05)
+
+
+def test_a_dead_runtime_fails_in_bounded_time_naming_the_node():
+    import zmq
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")  # a peer that never answers
+    try:
+        client = RuntimeClient(f"tcp://127.0.0.1:{port}", node="rp1", timeout=0.5, last_heartbeat=lambda: time.time() - 7)
+        start = time.monotonic()
+        with pytest.raises(NodeUnavailable, match=r"node 'rp1' did not answer 'read' within 0.5 s.*last heartbeat 7"):
+            client.read("rf_forward")
+        assert time.monotonic() - start < 1.0
+        client.close()
+    finally:
+        sock.close(0)
+    nobody = RuntimeClient("tcp://127.0.0.1:9", node="ard1", timeout=0.3)
+    with pytest.raises(NodeUnavailable, match="ard1"):
+        nobody.ping()
+    nobody.close()
+
+
+def test_binding_another_interface_without_curve_is_refused(testbed, ishtar_path):
+    with pytest.raises(ConfigError, match="needs CurveZMQ keys"):
+        serve_node(str(ishtar_path), "gauge1", sim=True, directory=Path(testbed["state_dir"]), broker="none",
+                   bind="0.0.0.0")
