@@ -21,6 +21,8 @@ sim_app = typer.Typer(help="The simulated testbed: one simulator per node, coupl
 app.add_typer(sim_app, name="sim")
 node_app = typer.Typer(help="Node runtimes: one process per board that owns its hardware.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
+kernel_app = typer.Typer(help="Jupyter kernels: the supervisor and one per node.", no_args_is_help=True)
+app.add_typer(kernel_app, name="kernel")
 keys_app = typer.Typer(help="CurveZMQ keys for runtimes reached from other hosts.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -236,6 +238,19 @@ def logs(name: str = typer.Argument(..., help="A node (its runtime's log), or si
             return
     known = sorted(p.stem for p in directory.glob("*.log")) if directory.exists() else []
     raise ConfigError(f"no log for {name!r} in {directory}; known: {', '.join(known) or 'none'}")
+
+
+@kernel_app.command("install")
+@friendly
+def kernel_install(rig: Path = RigArg,
+                   prefix: Optional[str] = typer.Option(None, help="Install under this prefix (e.g. sys.prefix of a venv) "
+                                                        "instead of the user's Jupyter folder."),
+                   sim: bool = typer.Option(False, "--sim", help="Node kernels start simulated runtimes if none runs."),
+                   state_dir: Optional[Path] = StateOpt):
+    """Install kernelspecs labrig-supervisor and labrig-NODE (generated from this Python)."""
+    from labrig.kernels.install import install_kernelspecs
+    names = install_kernelspecs(rig, prefix=prefix, state=_state(state_dir), sim=sim)
+    out.print(f"installed kernelspecs: {', '.join(names)}")
 
 
 @keys_app.command("generate")

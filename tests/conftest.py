@@ -56,7 +56,7 @@ def world():
         yield w
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def ishtar_path() -> Path:
     return ISHTAR
 

@@ -1,0 +1,299 @@
+"""`rig`: the whole machine, as the supervisor kernel shows it.
+
+    rig["langmuir_I"].read()        a signal by name, wherever it is wired today
+    rig.langmuir.density()          physics from a device class
+    rig.status()                    every node: runtime and kernel up or down, heartbeat age
+    rig.safe()                      every node safe at once
+    rig.nodes["rp1"].execute(code)  run code on that board's kernel, get its result back
+"""
+from __future__ import annotations
+
+import ast
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from labrig.drivers.errors import LabrigError, NodeUnavailable
+from labrig.supervisor.devices import make_device
+from labrig.supervisor.processes import is_ours
+from labrig.supervisor.rig import Rig
+from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
+from labrig.supervisor.runtime.locate import runtime_record
+from labrig.supervisor.state import read_state
+
+from .signals import Signal, SignalMap, Table
+
+
+class RemoteError(LabrigError):
+    """Code run on a node kernel raised; the message carries its traceback."""
+
+
+class NodeLink:
+    """The supervisor's line to one node: its runtime (hardware requests) and its kernel (code)."""
+
+    def __init__(self, rig: Rig, name: str, directory: Path, heartbeats: "Heartbeats", *, timeout: float = 2.0):
+        self.rig = rig
+        self.name = name
+        self.kind = rig.node(name).kind
+        self.directory = directory
+        self.timeout = timeout
+        self._heartbeats = heartbeats
+        self._client: RuntimeClient | None = None
+        self._aclient: AsyncRuntimeClient | None = None
+        self._pid = None
+        self._lock = threading.Lock()
+
+    # -- the runtime -------------------------------------------------------
+    def _record(self) -> dict:
+        record = runtime_record(self.name, self.directory)
+        if not record:
+            seen = self._heartbeats.last(self.name)
+            when = f"; last heartbeat {time.time() - seen:.1f} s ago" if seen else "; no heartbeat seen"
+            raise NodeUnavailable(f"node {self.name!r} has no runtime running (state in {self.directory}{when}); "
+                                  f"start the cluster with `labrig up` or see `labrig logs {self.name}`")
+        return record
+
+    @property
+    def runtime(self) -> RuntimeClient:
+        """A client of the node's runtime; follows a restarted runtime to its new endpoint."""
+        with self._lock:
+            record = self._record()
+            if self._client is None or record["pid"] != self._pid:
+                if self._client:
+                    self._client.close()
+                self._client = RuntimeClient(record["endpoint"], node=self.name, client="supervisor",
+                                             timeout=self.timeout,
+                                             last_heartbeat=lambda: self._heartbeats.last(self.name))
+                self._pid = record["pid"]
+            return self._client
+
+    def aruntime(self) -> AsyncRuntimeClient:
+        record = self._record()
+        if self._aclient is None or self._aclient.endpoint != record["endpoint"]:
+            self._aclient = AsyncRuntimeClient(record["endpoint"], node=self.name, client="supervisor",
+                                               timeout=self.timeout)
+        return self._aclient
+
+    # -- the kernel ----------------------------------------------------------
+    @property
+    def connection_file(self) -> Path:
+        return self.directory / "kernels" / f"{self.name}.json"
+
+    def kernel_alive(self, timeout: float = 0.5) -> bool:
+        """The node kernel's own heartbeat channel echoes (the process may be busy in a cell; this still answers)."""
+        try:
+            info = json.loads(self.connection_file.read_text())
+        except (OSError, ValueError):
+            return False
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(f"{info['transport']}://{info['ip']}:{info['hb_port']}")
+            sock.send(b"ping")
+            return bool(sock.poll(int(timeout * 1000)))
+        finally:
+            sock.close(0)
+
+    def execute(self, code: str, *, timeout: float = 30.0) -> Any:
+        """Run code on this node's kernel; returns the value of its last expression (None if none).
+
+        Output the code prints appears here too. An exception on the node raises RemoteError.
+        """
+        from jupyter_client import BlockingKernelClient
+        if not self.connection_file.exists():
+            raise NodeUnavailable(f"node {self.name!r} has no kernel running (no {self.connection_file})")
+        kc = BlockingKernelClient(connection_file=str(self.connection_file))
+        kc.load_connection_file()
+        kc.start_channels()
+        try:
+            msg_id = kc.execute(code, store_history=False)
+            result, error = None, None
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise NodeUnavailable(f"node {self.name!r}: the kernel did not finish within {timeout:g} s")
+                try:
+                    msg = kc.get_iopub_msg(timeout=left)
+                except Exception:  # queue.Empty
+                    continue
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                kind, content = msg["msg_type"], msg["content"]
+                if kind == "stream":
+                    print(content["text"], end="")
+                elif kind == "execute_result":
+                    result = _value(content["data"])
+                elif kind == "error":
+                    error = content
+                elif kind == "status" and content["execution_state"] == "idle":
+                    break
+            if error:
+                raise RemoteError(f"on node {self.name}: {error['ename']}: {error['evalue']}\n"
+                                  + "\n".join(error.get("traceback", [])))
+            return result
+        finally:
+            kc.stop_channels()
+
+    # -- health ----------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        record = runtime_record(self.name, self.directory)
+        runtime = "offline"
+        if record:
+            try:
+                self.runtime.call("ping", timeout=0.5)
+                runtime = "online"
+            except LabrigError:
+                pass
+        seen = self._heartbeats.last(self.name)
+        return {"node": self.name, "kind": self.kind, "runtime": runtime,
+                "kernel": "online" if self.kernel_alive() else "offline",
+                "heartbeat_age": round(time.time() - seen, 2) if seen else None,
+                "pid": record["pid"] if record else None, "endpoint": record["endpoint"] if record else None}
+
+    def status(self) -> dict:
+        return self.runtime.status()
+
+    def safe(self) -> dict:
+        return self.runtime.safe()
+
+    def close(self):
+        if self._client:
+            self._client.close()
+        if self._aclient:
+            self._aclient.close()
+
+    def __repr__(self):
+        return f"<NodeLink {self.name} ({self.kind})>"
+
+
+def _value(data: dict) -> Any:
+    from .base import VALUE_MIME
+    if VALUE_MIME in data:
+        return data[VALUE_MIME]
+    text = data.get("text/plain", "")
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+class Heartbeats:
+    """Last heartbeat per node, from the retained MQTT heartbeats (when the cluster has a broker)."""
+
+    def __init__(self, rig: Rig, directory: Path):
+        self._last: dict[str, float] = {}
+        self._online: dict[str, str] = {}
+        self._subscriber = None
+        record = read_state("broker", directory)
+        url = rig.spec.broker.url or (record["url"] if record and is_ours(record["pid"], "") else None)
+        if url:
+            try:
+                from labrig.supervisor.mqtt import MqttSubscriber
+                self._subscriber = MqttSubscriber(
+                    url, [f"labrig/{rig.name}/+/heartbeat", f"labrig/{rig.name}/+/status"], self._on_message,
+                    client_id=f"labrig-supervisor-{rig.name}-{id(self)}")
+            except (LabrigError, OSError, ImportError):
+                self._subscriber = None  # no heartbeats; pings still tell online/offline
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        if len(parts) != 4:
+            return
+        node, kind = parts[2], parts[3]
+        if kind == "heartbeat":
+            try:
+                self._last[node] = float(json.loads(payload)["t"])
+            except (ValueError, KeyError, TypeError):
+                pass
+        elif kind == "status":
+            self._online[node] = payload.decode(errors="replace")
+
+    def last(self, node: str) -> float | None:
+        return self._last.get(node)
+
+    def close(self):
+        if self._subscriber:
+            self._subscriber.close()
+
+
+class Machine:
+    """The whole machine (`rig` in the supervisor kernel)."""
+
+    def __init__(self, rig: Rig, directory: Path, *, timeout: float = 2.0):
+        self.spec = rig
+        self.name = rig.name
+        self.directory = Path(directory)
+        self.heartbeats = Heartbeats(rig, self.directory)
+        self.nodes = {name: NodeLink(rig, name, self.directory, self.heartbeats, timeout=timeout)
+                      for name in rig.nodes}
+        self.signals = SignalMap({n: Signal(n, spec, self._client_for(spec.node), self._aclient_for(spec.node))
+                                  for n, spec in rig.signals.items()}, where=f"rig {rig.name!r}")
+        self.devices = {name: make_device(name, d.class_, d.signals, d.params, self.read, self.write)
+                        for name, d in rig.spec.devices.items()}
+
+    def _client_for(self, node):
+        return lambda: self.nodes[node].runtime
+
+    def _aclient_for(self, node):
+        return lambda: self.nodes[node].aruntime()
+
+    def __getitem__(self, name: str) -> Signal:
+        return self.signals[name]
+
+    def __getattr__(self, name: str):
+        devices = self.__dict__.get("devices", {})
+        if name in devices:
+            return devices[name]
+        raise AttributeError(f"rig has no attribute or device {name!r}"
+                             + (f"; devices: {', '.join(devices)}" if devices else ""))
+
+    def __dir__(self):
+        return list(super().__dir__()) + list(self.devices)
+
+    def read(self, name: str) -> float:
+        return self.signals[name].read()
+
+    def write(self, name: str, value: float) -> float:
+        return self.signals[name].write(value)
+
+    def ramp(self, name: str, target: float, rate: float | None = None) -> dict:
+        return self.signals[name].ramp(target, rate)
+
+    def status(self) -> Table:
+        """Every node: runtime and kernel online or offline, heartbeat age, trips."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            rows = list(pool.map(lambda link: link.health(), self.nodes.values()))
+        for row in rows:
+            row["trips"] = ""
+        return Table(rows, ["node", "kind", "runtime", "kernel", "heartbeat_age", "trips", "endpoint"],
+                     title=f"rig {self.name}", data={r["node"]: r for r in rows})
+
+    def safe(self) -> dict[str, Any]:
+        """Drive every node safe at once. Never raises: an unreachable node is reported, not skipped silently."""
+        def one(link):
+            try:
+                return link.name, link.safe()
+            except LabrigError as exc:
+                return link.name, {"error": f"{type(exc).__name__}: {exc}"}
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            return dict(pool.map(one, self.nodes.values()))
+
+    def close(self):
+        for link in self.nodes.values():
+            link.close()
+        self.heartbeats.close()
+
+    def __repr__(self):
+        return (f"<rig {self.name}: {len(self.nodes)} nodes ({', '.join(self.nodes)}), {len(self.signals)} signals, "
+                f"devices {', '.join(self.devices)}>")
+
+
+def connect(rig_path: str | Path, directory: Path) -> Machine:
+    return Machine(Rig.load(rig_path), directory)

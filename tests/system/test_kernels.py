@@ -1,0 +1,78 @@
+"""The node and supervisor kernels, started through jupyter_client like any kernel."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jupyter_client.manager import start_new_kernel
+
+from labrig.kernels.install import install_kernelspecs
+from labrig.supervisor.processes import stop_pid
+from labrig.supervisor.runtime.locate import runtime_record
+
+
+def run(kc, code, timeout=30):
+    """Execute code; return (printed and displayed text, the result's data, error or None)."""
+    msg_id = kc.execute(code)
+    out, result, error = [], None, None
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            out.append(content["text"])
+        elif kind == "display_data":
+            out.append(content["data"].get("text/plain", ""))
+        elif kind == "execute_result":
+            result = content["data"]
+        elif kind == "error":
+            error = f"{content['ename']}: {content['evalue']}"
+        elif kind == "status" and content["execution_state"] == "idle":
+            return "".join(out), result, error
+
+
+@pytest.fixture(scope="module")
+def kernelspecs(testbed, ishtar_path, tmp_path_factory):
+    prefix = tmp_path_factory.mktemp("jupyter")
+    names = install_kernelspecs(ishtar_path, prefix=str(prefix), state=Path(testbed["state_dir"]), sim=True)
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(prefix / "share" / "jupyter")
+    try:
+        yield names
+    finally:
+        if old is None:
+            os.environ.pop("JUPYTER_PATH", None)
+        else:
+            os.environ["JUPYTER_PATH"] = old
+        for node in ("ard1", "rp1", "plc1", "pi1", "gauge1"):
+            record = runtime_record(node, Path(testbed["state_dir"]))
+            if record:
+                stop_pid(record["pid"])
+
+
+@pytest.mark.allow_thread_leak  # jupyter_client's channel threads end with the module
+def test_node_kernel_starts_its_runtime_and_shows_node(kernelspecs, testbed):
+    assert "labrig-ard1" in kernelspecs and "labrig-supervisor" in kernelspecs
+    km, kc = start_new_kernel(kernel_name="labrig-ard1", startup_timeout=60)
+    try:
+        out, result, error = run(kc, "node")
+        assert error is None, error
+        assert "Node ard1 (arduino)" in result["text/plain"]
+        out, result, error = run(kc, 'node["probe_bias"].write(-30.0); round(node["probe_bias"].read(), 1)')
+        assert error is None, error
+        assert result["application/vnd.labrig.value+json"] == pytest.approx(-30.0, abs=0.6)
+        out, result, error = run(kc, "%status")
+        assert error is None and "probe_bias" in out and "[-100, 50]" in out
+        out, result, error = run(kc, 'node["langmuir_j"]')
+        assert "did you mean langmuir_I" in error
+        out, result, error = run(kc, "%safe")
+        assert "probe_bias" in out and "safe" in out
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    # the runtime outlives its kernel
+    assert runtime_record("ard1", Path(testbed["state_dir"]))
