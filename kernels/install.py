@@ -15,19 +15,18 @@ from jupyter_client.kernelspec import KernelSpecManager
 
 from labrig.supervisor.rig import Rig
 
-from . import node as node_kernel
-from . import supervisor as supervisor_kernel
+from labrig.supervisor.cluster import kernel_command
 
 
 def kernelspecs(rig: Rig, rig_path: Path, *, state: Path | None = None, sim: bool = False) -> dict[str, dict]:
     env = {"LABRIG_STATE_DIR": str(state)} if state else {}
     specs = {"labrig-supervisor": {
-        "argv": [sys.executable, *supervisor_kernel.kernel_argv(rig_path, state=state)],
+        "argv": [sys.executable, *kernel_command("{connection_file}", str(rig_path), state)],
         "display_name": f"labrig supervisor ({rig.name})", "language": "python", "interrupt_mode": "signal",
         "env": env, "metadata": {"labrig": {"rig": str(rig_path), "role": "supervisor"}}}}
     for name in rig.nodes:
         specs[f"labrig-{name}"] = {
-            "argv": [sys.executable, *node_kernel.kernel_argv(rig_path, name, state=state, sim=sim)],
+            "argv": [sys.executable, *kernel_command("{connection_file}", str(rig_path), state, node=name, sim=sim)],
             "display_name": f"labrig {name} ({rig.nodes[name].kind}, {rig.name})", "language": "python",
             "interrupt_mode": "signal", "env": env,
             "metadata": {"labrig": {"rig": str(rig_path), "role": "node", "node": name}}}

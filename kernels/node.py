@@ -9,8 +9,6 @@ runtime and a running ramp untouched. Magics: %status, %safe.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from traitlets import Unicode
 
 from labrig.supervisor.rig import Rig
@@ -48,12 +46,6 @@ class NodeKernel(LabrigKernel):
             print(f"{name:20} {'safe' if result['ok'] else 'FAILED'} "
                   f"{'' if result['value'] is None else result['value']} {result.get('error', '')}")
 
-
-def kernel_argv(rig: str | Path, node: str, *, state: str | Path | None = None, sim: bool = False) -> list[str]:
-    args = ["-m", "labrig.kernels.node", "-f", "{connection_file}", "--rig", str(rig), "--node", node]
-    if state:
-        args += ["--state-dir", str(state)]
-    return args + (["--sim"] if sim else [])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import zmq
 
 from labrig.drivers.errors import LabrigError, NodeUnavailable
 from labrig.supervisor.devices import make_device
-from labrig.supervisor.processes import is_ours
 from labrig.supervisor.rig import Rig
 from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
 from labrig.supervisor.runtime.locate import runtime_record
@@ -143,18 +142,23 @@ class NodeLink:
 
     # -- health ----------------------------------------------------------------
     def health(self) -> dict[str, Any]:
+        """Runtime up or down from its application heartbeats (when the cluster has a broker), else a ping."""
         record = runtime_record(self.name, self.directory)
-        runtime = "offline"
-        if record:
-            try:
-                self.runtime.call("ping", timeout=0.5)
-                runtime = "online"
-            except LabrigError:
-                pass
         seen = self._heartbeats.last(self.name)
-        return {"node": self.name, "kind": self.kind, "runtime": runtime,
-                "kernel": "online" if self.kernel_alive() else "offline",
-                "heartbeat_age": round(time.time() - seen, 2) if seen else None,
+        age = round(time.time() - seen, 2) if seen else None
+        if self._heartbeats.live:
+            timeout = self.rig.spec.watchdogs.heartbeat_timeout
+            online = age is not None and age <= timeout and self._heartbeats.state(self.name) != "offline"
+        else:
+            online = False
+            if record:
+                try:
+                    self.runtime.call("ping", timeout=0.5)
+                    online = True
+                except LabrigError:
+                    pass
+        return {"node": self.name, "kind": self.kind, "runtime": "online" if online else "offline",
+                "kernel": "online" if self.kernel_alive() else "offline", "heartbeat_age": age,
                 "pid": record["pid"] if record else None, "endpoint": record["endpoint"] if record else None}
 
     def status(self) -> dict:
@@ -191,8 +195,11 @@ class Heartbeats:
         self._last: dict[str, float] = {}
         self._online: dict[str, str] = {}
         self._subscriber = None
-        record = read_state("broker", directory)
-        url = rig.spec.broker.url or (record["url"] if record and is_ours(record["pid"], "") else None)
+        from labrig.supervisor.broker import broker_alive
+        own = read_state("broker", directory)  # the cluster's own broker
+        cluster = read_state("cluster", directory) or {}
+        url = (rig.spec.broker.url or (own["url"] if own and broker_alive(own) else None)
+               or (cluster.get("broker") or {}).get("url"))
         if url:
             try:
                 from labrig.supervisor.mqtt import MqttSubscriber
@@ -201,6 +208,11 @@ class Heartbeats:
                     client_id=f"labrig-supervisor-{rig.name}-{id(self)}")
             except (LabrigError, OSError, ImportError):
                 self._subscriber = None  # no heartbeats; pings still tell online/offline
+            else:
+                # the retained heartbeats arrive at once: wait for them (bounded) so a first status is right
+                deadline = time.monotonic() + 1.5
+                while len(self._last) < len(rig.nodes) and time.monotonic() < deadline:
+                    time.sleep(0.02)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
@@ -215,8 +227,17 @@ class Heartbeats:
         elif kind == "status":
             self._online[node] = payload.decode(errors="replace")
 
+    @property
+    def live(self) -> bool:
+        """True when heartbeats arrive over MQTT (otherwise health falls back to pings)."""
+        return self._subscriber is not None
+
     def last(self, node: str) -> float | None:
         return self._last.get(node)
+
+    def state(self, node: str) -> str | None:
+        """The node's retained status: "online", or "offline" (its clean exit or its last will)."""
+        return self._online.get(node)
 
     def close(self):
         if self._subscriber:

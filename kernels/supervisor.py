@@ -4,8 +4,6 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from labrig.supervisor.state import state_dir
 
 from .base import LabrigKernel, launch
@@ -37,10 +35,6 @@ class SupervisorKernel(LabrigKernel):
             bad = {k: v["error"] for k, v in results.items() if not v["ok"]}
             print(f"{node:8} {len(results) - len(bad)} outputs safe" + (f"; FAILED {bad}" if bad else ""))
 
-
-def kernel_argv(rig: str | Path, *, state: str | Path | None = None) -> list[str]:
-    args = ["-m", "labrig.kernels.supervisor", "-f", "{connection_file}", "--rig", str(rig)]
-    return args + (["--state-dir", str(state)] if state else [])
 
 
 if __name__ == "__main__":

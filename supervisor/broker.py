@@ -82,12 +82,14 @@ def start_broker(directory: Path, *, kind: str = "auto", host: str = "127.0.0.1"
     if kind == "amqtt" and (users or acl):
         raise ConfigError("broker kind 'amqtt': users and acl need Mosquitto (apt install mosquitto)")
     port = port or free_port(host)
+    # Clients on this host reach a broker bound to every interface through loopback.
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     if kind == "mosquitto":
-        return _start_mosquitto(binary, directory, host, port, users, acl, timeout)
-    return _start_amqtt(directory, host, port, timeout)
+        return _start_mosquitto(binary, directory, host, connect_host, port, users, acl, timeout)
+    return _start_amqtt(directory, host, connect_host, port, timeout)
 
 
-def _start_mosquitto(binary: str, directory: Path, host: str, port: int,
+def _start_mosquitto(binary: str, directory: Path, host: str, connect_host: str, port: int,
                      users: dict[str, str] | None, acl: str | None, timeout: float) -> dict:
     config = directory / "mosquitto.conf"
     log = directory / "mosquitto.log"
@@ -116,10 +118,10 @@ def _start_mosquitto(binary: str, directory: Path, host: str, port: int,
         proc = subprocess.Popen([binary, "-c", str(config)], stdin=subprocess.DEVNULL,
                                 stdout=err, stderr=subprocess.STDOUT, start_new_session=True)
     _children[proc.pid] = proc
-    record = {"kind": "mosquitto", "pid": proc.pid, "url": f"mqtt://{host}:{port}",
+    record = {"kind": "mosquitto", "pid": proc.pid, "url": f"mqtt://{connect_host}:{port}",
               "config": str(config), "log": str(log)}
     try:
-        _wait_listening(proc, host, port, timeout, "mosquitto", [log, stderr_path])
+        _wait_listening(proc, connect_host, port, timeout, "mosquitto", [log, stderr_path])
     except BaseException:
         stop_broker(record)
         raise
@@ -146,14 +148,14 @@ def _password_file(directory: Path, users: dict[str, str]) -> Path:
     return path
 
 
-def _start_amqtt(directory: Path, host: str, port: int, timeout: float) -> dict:
+def _start_amqtt(directory: Path, host: str, connect_host: str, port: int, timeout: float) -> dict:
     ready = directory / "amqtt.ready.json"
     ready.unlink(missing_ok=True)
     proc = spawn(["-m", "labrig.supervisor.broker", "amqtt", "--host", host, "--port", str(port),
                   "--ready", str(ready)], name="amqtt", log_dir=directory)
     _children[proc.pid] = proc
     # The ready file also holds the effective amqtt configuration, so it is the record's "config".
-    record = {"kind": "amqtt", "pid": proc.pid, "url": f"mqtt://{host}:{port}",
+    record = {"kind": "amqtt", "pid": proc.pid, "url": f"mqtt://{connect_host}:{port}",
               "config": str(ready), "log": str(directory / "amqtt.log")}
     try:
         # Written after broker.start() has bound the listener: it accepts connections from here on.

@@ -232,6 +232,10 @@ def logs(name: str = typer.Argument(..., help="A node (its runtime's log), or si
     from .processes import log_tail
     directory = _state(state_dir) / "logs"
     candidates = [directory / f"node-{name}.log", directory / f"{name}.log"]
+    if name == "broker":  # the cluster's broker logs beside its config (cluster.py)
+        from .state import read_state
+        record = read_state("broker", directory.parent) or {}
+        candidates += [Path(record["log"])] if record.get("log") else []
     for path in candidates:
         if path.exists():
             out.print(log_tail(path, lines), markup=False, highlight=False)
@@ -263,6 +267,103 @@ def keys_generate(directory: Path = typer.Argument(..., help="Folder for server 
         public, secret = zmq.auth.create_certificates(str(directory), name)
         os.chmod(secret, 0o600)
     out.print(f"keys in {directory}: give clients server.key (public); keep *.key_secret private")
+
+
+@app.command()
+@friendly
+def up(rig: Path = RigArg,
+       sim: bool = typer.Option(False, "--sim", help="Start the simulators and point every node at its simulator."),
+       broker: Optional[str] = typer.Option(None, help="Use this MQTT broker (mqtt://HOST:PORT), or 'none'; "
+                                            "default: the rig's, else start Mosquitto (amqtt if not installed)."),
+       kernels: bool = typer.Option(True, "--kernels/--no-kernels", help="Start the node and supervisor kernels."),
+       timeout: float = typer.Option(60.0, help="Seconds to wait for every part to answer."),
+       state_dir: Optional[Path] = StateOpt):
+    """Start the cluster in the background (broker, simulators, node runtimes, kernels), print what runs."""
+    import time
+    from .cluster import start_cluster
+    t0 = time.monotonic()
+    record = start_cluster(rig, sim=sim, directory=_state(state_dir), broker=broker, kernels=kernels,
+                           timeout=timeout)
+    elapsed = time.monotonic() - t0
+    directory = Path(record["state_dir"])
+
+    def short(path):  # paths inside the state directory, relative to it
+        try:
+            return str(Path(path).relative_to(directory))
+        except ValueError:
+            return str(path)
+
+    table = Table(title=f"cluster {record['rig_name']}{' (simulated)' if sim else ''} in {directory}",
+                  title_justify="left")
+    for col in ("part", "pid", "endpoint", "labrig logs"):
+        table.add_column(col)
+    b = record.get("broker")
+    if b:
+        table.add_row(f"broker ({b['kind']}{'' if b.get('started') else ', not ours'})", str(b.get("pid") or ""),
+                      b["url"], "broker" if b.get("log") else "")
+    if sim:
+        from .state import read_state
+        bed = read_state("sim", directory) or {}
+        for name, info in [("world", bed.get("world", {}))] + list(bed.get("simulators", {}).items()):
+            table.add_row(f"simulator {name}", str(info.get("pid", "")),
+                          info.get("url") or ", ".join(info.get("endpoints", {}).values()), f"sim-{name}")
+    for node, info in record["nodes"].items():
+        table.add_row(f"runtime {node}", str(info["pid"]), info.get("endpoint", ""), node)
+    for name, info in [*record["nodes"].items(), ("supervisor", record.get("supervisor") or {})]:
+        if info.get("kernel_pid"):
+            table.add_row(f"kernel {name}", str(info["kernel_pid"]), short(info["connection_file"]), f"kernel-{name}")
+    out.print(table)
+    out.print(f"up in {elapsed:.1f} s; `labrig status` shows it, `labrig down` stops it")
+
+
+@app.command()
+@friendly
+def status(as_json: bool = typer.Option(False, "--json", help="Print the status as JSON."),
+           timeout: float = typer.Option(1.0, help="Seconds to wait for each answer (all are asked at once)."),
+           state_dir: Optional[Path] = StateOpt):
+    """Show each node's runtime and kernel (online/offline), heartbeat age and trips. Exits 0 when nodes are down."""
+    from .cluster import cluster_status
+    st = cluster_status(_state(state_dir), timeout=timeout)
+    if as_json:
+        sys.stdout.write(json.dumps(st, indent=2) + "\n")  # plain: rich would wrap long paths
+        return
+    if st["rig"] is None:
+        out.print("no cluster is running; start one with `labrig up RIG [--sim]`")
+        return
+
+    def state(word):
+        return f"[green]{word}[/]" if word == "online" else f"[red]{word}[/]"
+
+    table = Table(title=f"cluster {st['rig']}{' (simulated)' if st.get('sim') else ''}", title_justify="left")
+    for col in ("node", "runtime", "kernel", "heartbeat", "trips", "pid", "endpoint"):
+        table.add_column(col)
+    for node, n in st["nodes"].items():
+        age = "-" if n["heartbeat_age"] is None else f"{n['heartbeat_age']:.1f} s ago"
+        trips = ", ".join(str(t) for t in n["trips"]) if n["trips"] else "none"
+        kernel = state(n["kernel"]) if n["kernel_pid"] else "not started"
+        table.add_row(node, state(n["runtime"]), kernel, age, trips, str(n["pid"]), n["endpoint"] or "")
+    if st["supervisor"]:
+        table.add_row("(supervisor)", "", state(st["supervisor"]["kernel"]), "", "",
+                      str(st["supervisor"]["kernel_pid"]), "")
+    out.print(table)
+    b = st["broker"]
+    if b:
+        out.print(f"broker: {b['kind']} {b['url']} pid {b['pid'] or '-'} "
+                  f"{'[green]alive[/]' if b['alive'] else '[red]not answering[/]'}")
+    else:
+        out.print("broker: none (no MQTT)")
+    if st["simulators"]:
+        dead = [name for name, s in st["simulators"].items() if not s["alive"]]
+        out.print(f"simulators: {len(st['simulators'])}" + (f", [red]down: {', '.join(dead)}[/]" if dead else ", all alive"))
+
+
+@app.command()
+@friendly
+def down(state_dir: Optional[Path] = StateOpt):
+    """Stop everything `labrig up` started (kernels, runtimes, simulators, broker); leaves nothing behind."""
+    from .cluster import stop_cluster
+    stopped = stop_cluster(_state(state_dir))
+    out.print(f"stopped: {', '.join(stopped)}" if stopped else "no cluster was running")
 
 
 def main() -> None:

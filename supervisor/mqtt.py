@@ -33,6 +33,11 @@ as are messages still queued when `close()` gives up or the broker refuses us.
 Nothing is lost without being counted, except what MQTT itself cannot know: a
 QoS 0 message written to a socket whose broker then dies. Use QoS 1 for what
 must arrive (status, trips).
+
+A publish outside the client's ACL is not delivered, and Mosquitto then closes
+the connection of an MQTT 3.1.1 client (the spec allows either that or a silent
+ack): the publisher reconnects; a message that fails on 3 connections in a row
+is dropped and counted.
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ ROOT = "labrig"
 MIN_BACKOFF = 0.1  # s, first reconnect delay; doubles up to MAX_BACKOFF
 MAX_BACKOFF = 2.0
 BATCH = 256  # messages handed to the client per loop turn (one socket write for many)
+MAX_ATTEMPTS = 3  # connections a message may fail on before it is dropped (and counted)
 # CONNACK codes meaning "these credentials will not do": MQTT 3.1.1 (4, 5) and 5 (0x86, 0x87, 0x8C).
 _REFUSED = {4, 5, 0x86, 0x87, 0x8C}
 
@@ -237,7 +243,7 @@ class _MqttThread:
         raise NotImplementedError
 
 
-class _Message(collections.namedtuple("_Message", "topic payload qos retain")):
+class _Message(collections.namedtuple("_Message", "topic payload qos retain attempts", defaults=(0,))):
     __slots__ = ()
 
 
@@ -264,7 +270,6 @@ class MqttPublisher(_MqttThread):
         self._wake = asyncio.Event()
         self._flush_deadline = math.inf
         self._closed = False
-        self._will_spec = will
         aio_will = None
         if will is not None:
             will_topic, will_payload, will_retain = will
@@ -346,8 +351,16 @@ class MqttPublisher(_MqttThread):
             return batch
 
     def _requeue(self, messages: list[_Message]) -> None:
-        """Put unsent messages back at the front, oldest first; over the bound, drop the oldest."""
+        """Put unsent messages back at the front, oldest first; over the bound, drop the oldest.
+        A message that failed on MAX_ATTEMPTS connections is dropped: a broker that closes the
+        connection on it (Mosquitto does so for a publish its ACL denies) would loop forever."""
+        again = [m._replace(attempts=m.attempts + 1) for m in messages if m.attempts + 1 < MAX_ATTEMPTS]
+        if len(again) < len(messages):
+            log.warning("%s %s: %d message(s) dropped after %d attempts (denied by the broker's ACL?)",
+                        self._kind, self.client_id, len(messages) - len(again), MAX_ATTEMPTS)
         with self._lock:
+            self._counts["dropped"] += len(messages) - len(again)
+            messages = again
             room = self._queue_size - len(self._queue)
             if room < len(messages):
                 self._counts["dropped"] += len(messages) - max(room, 0)
@@ -365,7 +378,7 @@ class MqttPublisher(_MqttThread):
                     return  # flush time is up; _finished counts the rest as dropped
                 batch = self._take()
                 if batch:
-                    await self._send(client, batch)
+                    await self._send(client, batch, watcher)
                     if watcher.done():
                         watcher.result()
                     continue
@@ -381,25 +394,40 @@ class MqttPublisher(_MqttThread):
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
 
-    async def _send(self, client: aiomqtt.Client, batch: list[_Message]) -> None:
+    async def _send(self, client: aiomqtt.Client, batch: list[_Message], watcher: asyncio.Future) -> None:
         # Concurrent publish calls let the client write the whole batch in one go (a
         # sequential await costs one loop turn per message). Tasks start in order, so
         # messages leave in order.
-        results = await asyncio.gather(
-            *(client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain) for m in batch),
-            return_exceptions=True)
-        failed = [m for m, r in zip(batch, results) if isinstance(r, aiomqtt.MqttError)]
-        broken = [r for r in results if isinstance(r, BaseException) and not isinstance(r, aiomqtt.MqttError)]
+        tasks = [asyncio.ensure_future(client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain))
+                 for m in batch]
+        everything = asyncio.gather(*tasks, return_exceptions=True)
+        # A lost connection does not wake a publish waiting for its PUBACK (only its
+        # timeout would): stop waiting as soon as the connection is gone.
+        await asyncio.wait({everything, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not everything.done():
+            for task in tasks:
+                task.cancel()
+            await everything
+        retry, sent, broken = [], 0, []
+        for m, task in zip(batch, tasks):
+            error = None if task.cancelled() else task.exception()
+            if task.cancelled() or isinstance(error, aiomqtt.MqttError):
+                retry.append(m)
+            elif error is not None:
+                broken.append(error)
+            else:
+                sent += 1
         with self._lock:
-            self._counts["sent"] += len(batch) - len(failed) - len(broken)
+            self._counts["sent"] += sent
             self._counts["dropped"] += len(broken)
-        for r in broken[:1]:
-            if isinstance(r, asyncio.CancelledError):
-                raise r
-            log.error("%s %s: message dropped: %r", self._kind, self.client_id, r)
-        if failed:
-            self._requeue(failed)
-            raise next(r for r in results if isinstance(r, aiomqtt.MqttError))
+        if broken:
+            log.error("%s %s: %d message(s) dropped: %r", self._kind, self.client_id, len(broken), broken[0])
+        if retry:
+            self._requeue(retry)
+            if watcher.done():
+                watcher.result()  # raises the disconnection
+            raise aiomqtt.MqttError(f"{len(retry)} publish call(s) failed: "
+                                    f"{next((t.exception() for t in tasks if not t.cancelled() and t.exception()), '')}")
 
 
 async def _drain(client: aiomqtt.Client) -> None:

@@ -71,7 +71,8 @@ def serve_node(rig_path: str, node: str, *, sim: bool = False, directory: Path |
 
     def publish(suffix, payload, retain):
         if publisher is not None:
-            publisher.publish(topic(rig.name, node, suffix), payload, retain=retain)
+            # retained state (status, heartbeat, trips) at QoS 1; telemetry batches at QoS 0
+            publisher.publish(topic(rig.name, node, suffix), payload, retain=retain, qos=1 if retain else 0)
 
     driver = rig.open_driver(node, sim=sim, sim_state=sim_state)
     try:

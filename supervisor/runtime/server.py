@@ -217,7 +217,7 @@ class NodeRuntime:
 
     def heartbeat(self) -> None:
         self._heartbeat_seq += 1
-        self._publish("heartbeat", {**self._identity(), "seq": self._heartbeat_seq}, True)
+        self._publish("heartbeat", {**self._identity(), "t": time.time(), "seq": self._heartbeat_seq}, True)
 
     def serve(self) -> None:
         """Serve until stop(); publishes a heartbeat every `heartbeat` seconds."""

@@ -76,3 +76,36 @@ def test_node_kernel_starts_its_runtime_and_shows_node(kernelspecs, testbed):
         km.shutdown_kernel(now=True)
     # the runtime outlives its kernel
     assert runtime_record("ard1", Path(testbed["state_dir"]))
+
+
+@pytest.mark.allow_thread_leak
+def test_supervisor_kernel_reads_every_signal_by_name(kernelspecs, testbed, ishtar):
+    from labrig.supervisor.runtime.locate import ensure_runtime
+    directory = Path(testbed["state_dir"])
+    for node in ishtar.nodes:
+        ensure_runtime(ishtar.path, node, directory, sim=True)
+    km, kc = start_new_kernel(kernel_name="labrig-supervisor", startup_timeout=60)
+    try:
+        out, result, error = run(kc, "{name: rig[name].read() for name in rig.signals}")
+        assert error is None, error
+        values = result["application/vnd.labrig.value+json"]
+        assert set(values) == set(ishtar.signals)
+        assert values["cooling_flow"] == pytest.approx(6.0, abs=0.05)
+        out, result, error = run(kc, 'rig["coil_enable"].write(1); rig["coil_current_set"].ramp(100, rate=300)')
+        assert error is None, error
+        out, result, error = run(kc, "import time; time.sleep(1.0); round(rig.coil.field(), 3)")
+        assert result["application/vnd.labrig.value+json"] == pytest.approx(0.02, abs=0.002)
+        out, result, error = run(kc, "rig.status()")
+        assert error is None, error
+        for node in ishtar.nodes:
+            assert node in result["text/plain"]
+        assert "online" in result["text/plain"]
+        out, result, error = run(kc, "rig['langmuir_i']")
+        assert "did you mean langmuir_I" in error
+        out, result, error = run(kc, "rig['rf_power'].write(5000)")
+        assert "RangeError" in error and "[0, 1200] W" in error
+        out, result, error = run(kc, "%safe")
+        assert error is None and "plc1" in out and "FAILED" not in out
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -17,8 +17,8 @@ import time
 import psutil
 import pytest
 
-from labrig.drivers.errors import LinkError
-from labrig.supervisor.broker import broker_alive, mosquitto_binary, start_broker, stop_broker
+from labrig.drivers.errors import ConfigError, LinkClosed, LinkError
+from labrig.supervisor.broker import broker_alive, free_port, mosquitto_binary, start_broker, stop_broker
 from labrig.supervisor.mqtt import BrokerRefused, MqttPublisher, MqttSubscriber, topic
 
 needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None,
@@ -233,6 +233,25 @@ def test_5000_messages_published_as_fast_as_possible_all_arrive(mosquitto):
               f"delivered {n / elapsed:.0f} messages/s end to end")
 
 
+def test_publisher_without_a_broker_never_blocks_and_counts_what_it_drops():
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nobody listens there
+    pub = MqttPublisher(url, client_id="t-lonely", queue_size=10)
+    try:
+        assert not pub.wait_connected(0.3)
+        for i in range(15):
+            pub.publish(topic("ishtar", "ard1", "audit"), {"i": i})
+        assert pub.stats == {"queued": 10, "sent": 0, "dropped": 5, "connects": 0}  # the oldest 5
+    finally:
+        pub.close(timeout=0.5)
+    assert pub.stats == {"queued": 0, "sent": 0, "dropped": 15, "connects": 0}
+    with pytest.raises(LinkClosed):
+        pub.publish(topic("ishtar", "ard1", "audit"), "late")
+    with pytest.raises(ConfigError, match="level"):
+        topic("ishtar", "ard1/x")
+    with pytest.raises(ConfigError, match="'\\+', '#'"):
+        MqttPublisher(url, client_id="t-will", will=(topic("ishtar", "+", "status"), b"offline", True))
+
+
 @needs_mosquitto
 def test_password_file_and_acl(tmp_path):
     users = {"ishtar": "s3cret", "intruder": "guess"}
@@ -265,11 +284,14 @@ def test_password_file_and_acl(tmp_path):
         clients += [sub, pub]
         assert sub.wait_connected(5) and pub.wait_connected(5)
         # QoS 1 from one client to one subscriber keeps its order: once "inside" is here,
-        # "outside" would have come before it had the broker delivered it.
+        # "outside" would have come before it had the broker delivered it. (Mosquitto also
+        # drops the connection on the denied publish; the publisher reconnects and resends
+        # "inside" if it went down with it.)
         pub.publish(topic("elsewhere", "ard1", "status"), "outside", qos=1)
         pub.publish(topic("ishtar", "ard1", "status"), "inside", qos=1)
         inbox.wait(lambda: inbox.messages, 5, "the allowed publish")
         assert inbox.messages == [("labrig/ishtar/ard1/status", b"inside")]
+        assert pub.stats["dropped"] == 0
     finally:
         for client in clients:
             client.close()
