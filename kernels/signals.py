@@ -14,6 +14,15 @@ from labrig.supervisor.rig.schema import SignalSpec
 from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
 
 
+class RampInfo(dict):
+    """A ramp's state as the runtime reports it (a dict), shown in one line."""
+
+    def __repr__(self):
+        unit = self.get("unit", "")
+        return (f"<Ramp {self['signal']} {self['start']:g} -> {self['target']:g}{unit} at {self['rate']:g}/s: "
+                f"{self['state']}{' (' + self['error'] + ')' if self.get('error') else ''}>")
+
+
 class Signal:
     def __init__(self, name: str, spec: SignalSpec, client: Callable[[], RuntimeClient],
                  aclient: Callable[[], AsyncRuntimeClient]):
@@ -39,7 +48,7 @@ class Signal:
 
     def ramp(self, target: float, rate: float | None = None) -> dict:
         """Ramp to target at `rate` unit/s (default: the signal's max slew)."""
-        return self._client().ramp(self.name, target, self._rate(rate))
+        return RampInfo(self._client().ramp(self.name, target, self._rate(rate)), unit=f" {self.unit}".rstrip())
 
     def stop_ramp(self):
         return self._client().stop_ramp(self.name)
@@ -51,7 +60,7 @@ class Signal:
         return await self._aclient().write(self.name, value)
 
     async def aramp(self, target: float, rate: float | None = None) -> dict:
-        return await self._aclient().ramp(self.name, target, self._rate(rate))
+        return RampInfo(await self._aclient().ramp(self.name, target, self._rate(rate)), unit=f" {self.unit}".rstrip())
 
     def _rate(self, rate):
         if rate is None:
