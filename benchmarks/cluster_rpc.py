@@ -32,6 +32,7 @@ a load change on the shared machine hits all three alike. Notes go to stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -100,9 +101,12 @@ class CommReader:
         self.kc.shell_channel.send(msg)
         return msg["header"]["msg_id"]
 
+    def request(self, data: dict) -> dict:
+        msg_id = self._send("comm_msg", {"comm_id": self.comm_id, "data": data})
+        return _wait_iopub(self.kc, msg_id, "comm_msg")["content"]["data"]
+
     def read(self, signal: str):
-        msg_id = self._send("comm_msg", {"comm_id": self.comm_id, "data": {"op": "read", "signal": signal}})
-        data = _wait_iopub(self.kc, msg_id, "comm_msg")["content"]["data"]
+        data = self.request({"op": "read", "signal": signal})
         if "value" not in data:
             raise RuntimeError(f"comm read of {signal!r} failed: {data}")
         return data["value"]
@@ -142,6 +146,13 @@ def bare_python_rss_mb() -> float:
         proc.wait()
 
 
+def dump_logs(folder: Path, *names: str) -> None:
+    """The tails of the named logs, on stderr: why a part failed."""
+    from labrig.supervisor.processes import log_tail
+    for name in names:
+        note(f"--- {name}.log\n{log_tail(folder / f'{name}.log')}")
+
+
 def labrig_cli(state: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "labrig.supervisor.cli", *args], cwd=ROOT, timeout=timeout,
                           env={**os.environ, "LABRIG_STATE_DIR": str(state)}, capture_output=True, text=True)
@@ -161,13 +172,18 @@ def cluster_figures(n: int, tmp: Path) -> None:
         if up.returncode != 0:
             raise RuntimeError(f"labrig up failed:\n{up.stdout}\n{up.stderr}")
         record = json.loads((state / "cluster.json").read_text())
-        machine = Machine(Rig.load(RIG), state)
-        comm = CommReader(record["nodes"][NODE]["connection_file"])
-        try:
+        with contextlib.ExitStack() as opened:
+            machine = Machine(Rig.load(RIG), state)
+            opened.callback(machine.close)
+            comm = CommReader(record["nodes"][NODE]["connection_file"])
+            opened.callback(comm.close)
             signal = machine[SIGNAL]
             ours_value, comm_value = signal.read(), comm.read(SIGNAL)
             if abs(ours_value - comm_value) > 0.5:  # the same flow meter, read twice: same value
                 raise RuntimeError(f"{SIGNAL}: supervisor read {ours_value}, comm read {comm_value}")
+            wrong = comm.request({"op": "read", "signal": SIGNAL[:-1]})
+            if SIGNAL not in wrong.get("error", ""):  # a bad name is answered with the close matches
+                raise RuntimeError(f"comm read of {SIGNAL[:-1]!r}: expected an error naming {SIGNAL!r}, got {wrong}")
             raw, ours, via_comm = [], [], []
             for i in range(min(20, n) + n):  # the first ones warm up
                 for fn, out in ((lambda: raw_execute(kc), raw), (signal.read, ours),
@@ -176,9 +192,6 @@ def cluster_figures(n: int, tmp: Path) -> None:
                     fn()
                     if i >= min(20, n):
                         out.append((time.perf_counter() - t) * 1e3)
-        finally:
-            comm.close()
-            machine.close()
         base = statistics.median(raw)
         for name, values in (("command_roundtrip", ours), ("comm_roundtrip", via_comm)):
             figure(name, statistics.median(values), "ms", base, statistics.median(values) / base)
@@ -195,6 +208,9 @@ def cluster_figures(n: int, tmp: Path) -> None:
         figure("memory_runtime_mb", runtime_mb, "MB", bare, runtime_mb / bare)
         figure("memory_node_kernel_mb", kernel_mb, "MB", bare, kernel_mb / bare)
         note(f"plain ipykernel RSS {mb(km.provisioner.process.pid):.1f} MB")
+    except BaseException:
+        dump_logs(state / "logs", f"sim-{NODE}", f"node-{NODE}", f"kernel-{NODE}")
+        raise
     finally:
         down = labrig_cli(state, "down")
         if down.returncode != 0:
@@ -217,32 +233,33 @@ def telemetry_rig(path: Path, nodes: int) -> Path:
 
 
 class TelemetryCounter:
-    """Counts samples and sequence gaps per signal from the telemetry messages of a rig."""
+    """Keeps (seq, t, value) of every sample received, per (node, signal), from telemetry messages."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.last: dict[tuple[str, str], int] = {}
-        self.counting = False
-        self.samples = self.gaps = self.failed = 0
-        self.per_node: dict[str, int] = {}
+        self.streams: dict[tuple[str, str], list[tuple[int, float, float | None]]] = {}
 
     def __call__(self, topic: str, payload: bytes) -> None:
         batch = json.loads(payload)
         with self.lock:
             for name, entry in batch["signals"].items():
-                key = (batch["node"], name)
-                for seq, value in zip(entry["seq"], entry["v"]):
-                    last = self.last.get(key)
-                    self.last[key] = seq
-                    if not self.counting:
-                        continue
-                    if last is not None and seq > last + 1:
-                        self.gaps += seq - last - 1
-                    if value is None:  # a failed read travels as a sample without value: not counted
-                        self.failed += 1
-                    else:
-                        self.samples += 1
-                        self.per_node[batch["node"]] = self.per_node.get(batch["node"], 0) + 1
+                self.streams.setdefault((batch["node"], name), []).extend(zip(entry["seq"], entry["t"], entry["v"]))
+
+    def window(self, t0: float, t1: float) -> tuple[dict[str, int], int, int]:
+        """Samples with a value per node, missing sequence numbers, failed reads: of samples taken in [t0, t1)."""
+        per_node: dict[str, int] = {}
+        gaps = failed = 0
+        with self.lock:
+            for (node, _), samples in self.streams.items():
+                inside = [(seq, v) for seq, t, v in samples if t0 <= t < t1]
+                per_node.setdefault(node, 0)
+                if not inside:
+                    continue
+                seqs = {seq for seq, _ in inside}
+                gaps += max(seqs) - min(seqs) + 1 - len(seqs)
+                failed += sum(v is None for _, v in inside)  # a failed read travels as a sample without value
+                per_node[node] = per_node.get(node, 0) + sum(v is not None for _, v in inside)
+        return per_node, gaps, failed
 
 
 def telemetry_figures(nodes: int, seconds: float, tmp: Path) -> None:
@@ -260,29 +277,28 @@ def telemetry_figures(nodes: int, seconds: float, tmp: Path) -> None:
                              client_id=f"labrig-bench-{os.getpid()}-{nodes}")
         try:
             deadline = time.monotonic() + 15
-            while len(counter.last) < streams:  # every signal of every node heard from
+            while len(counter.streams) < streams:  # every signal of every node heard from
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"telemetry of {streams - len(counter.last)} of {streams} signals "
+                    raise RuntimeError(f"telemetry of {streams - len(counter.streams)} of {streams} signals "
                                        "never arrived")
                 time.sleep(0.05)
-            time.sleep(0.5)
-            with counter.lock:
-                counter.counting = True
-            t = time.perf_counter()
-            time.sleep(seconds)
-            with counter.lock:
-                counter.counting = False
-                elapsed = time.perf_counter() - t
-                samples, gaps, failed, per_node = counter.samples, counter.gaps, counter.failed, dict(counter.per_node)
+            # The window is in the runtimes' sample times (same host clock), so batching does not
+            # blur its edges; the wait after it lets the last batches arrive.
+            t0 = time.time() + 0.5
+            time.sleep(0.5 + seconds + 1.0)
+            per_node, gaps, failed = counter.window(t0, t0 + seconds)
         finally:
             sub.close()
+    except BaseException:
+        dump_logs(state / "logs", *[f"{kind}-ard{i}" for i in range(1, nodes + 1) for kind in ("sim", "node")])
+        raise
     finally:
         stop_cluster(state)
     expected = streams * TELEMETRY_RATE
-    rate = samples / elapsed
+    rate = sum(per_node.values()) / seconds
     figure(f"telemetry_n{nodes}_samples_per_s", rate, "samples/s", expected, rate / expected)
     figure(f"telemetry_n{nodes}_gaps", gaps, "gaps", 0, gaps)  # zero baseline: the ratio is the value
-    per = sorted(v / elapsed for v in per_node.values()) or [0.0]
+    per = sorted(v / seconds for v in per_node.values()) or [0.0]
     note(f"n={nodes}: per node {per[0]:.0f}..{per[-1]:.0f} samples/s of {len(TELEMETRY_INPUTS) * TELEMETRY_RATE:g}; "
          f"failed reads {failed}")
 

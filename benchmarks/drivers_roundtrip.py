@@ -15,7 +15,6 @@ import argparse
 import os
 import select
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -132,7 +131,7 @@ def main(argv=None) -> int:
                 base = floor[TRANSPORT[bus]]
                 for q, label in ((50, "p50"), (99, "p99")):
                     o, b = percentile(ours, q), percentile(base, q)
-                    print(f"figure: drivers_{bus}_read_{label} {o:.3f} ms baseline {b:.3f} ratio {o / b:.1f}",
+                    print(f"figure: drivers_{bus}_read_{label} {o:.4g} ms baseline {b:.4g} ratio {o / b:.3g}",
                           flush=True)
         finally:
             stop_testbed(Path(state))

@@ -1,9 +1,15 @@
 """`node`: one board, as its node kernel shows it. Signals by name, devices, status, safe."""
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
+
 from labrig.supervisor.devices import make_device
 from labrig.supervisor.rig import Rig
 from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
+from labrig.supervisor.runtime.locate import runtime_record
+from labrig.supervisor.runtime.main import node_state_name
 
 from .signals import Signal, SignalMap, Table
 
@@ -20,12 +26,15 @@ def status_rows(status: dict) -> list[dict]:
 class Node:
     """One board: `node["probe_bias"].ramp(-80)`, `node.langmuir.density()`, `node.status()`, `node.safe()`."""
 
-    def __init__(self, rig: Rig, name: str, endpoint: str, *, client: str = ""):
+    def __init__(self, rig: Rig, name: str, endpoint: str, *, client: str = "", directory: Path | None = None):
         self.rig = rig
         self.name = name
         self.kind = rig.node(name).kind
         self.endpoint = endpoint
-        self.client = RuntimeClient(endpoint, node=name, client=client or f"kernel-{name}")
+        self._directory = directory  # given: follow a restarted runtime (systemd, a kernel) to its new endpoint
+        self._lock = threading.Lock()
+        self._seen = None  # the runtime state file last looked at
+        self._client = RuntimeClient(endpoint, node=name, client=client or f"kernel-{name}")
         self._aclient = None
         specs = rig.signals_of(name)
         self.signals = SignalMap({n: Signal(n, spec, lambda: self.client, self._async_client)
@@ -36,7 +45,31 @@ class Node:
                 self.devices[dev_name] = make_device(dev_name, dev.class_, dev.signals, dev.params,
                                                      self.read, self.write)
 
+    @property
+    def client(self) -> RuntimeClient:
+        """The client of this node's runtime, wherever the runtime recorded in the state directory listens."""
+        if self._directory is not None:
+            # a (re)started runtime rewrites its state file (atomically: a new inode); a stat is cheap
+            try:
+                st = os.stat(self._directory / f"{node_state_name(self.name)}.json")
+                seen = (st.st_ino, st.st_mtime_ns)
+            except FileNotFoundError:
+                seen = None
+            if seen and seen != self._seen:
+                record = runtime_record(self.name, self._directory)
+                with self._lock:
+                    self._seen = seen
+                    if record and record["endpoint"] != self.endpoint:
+                        old, self.endpoint = self._client, record["endpoint"]
+                        self._client = RuntimeClient(self.endpoint, node=self.name, client=old.client)
+                        old.close()
+        return self._client
+
     def _async_client(self) -> AsyncRuntimeClient:
+        endpoint = self.client.endpoint
+        if self._aclient is not None and self._aclient.endpoint != endpoint:
+            self._aclient.close()
+            self._aclient = None
         if self._aclient is None:
             self._aclient = AsyncRuntimeClient(self.endpoint, node=self.name, client=self.client.client)
         return self._aclient

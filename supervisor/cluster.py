@@ -170,7 +170,7 @@ def _start(rig: Rig, directory: Path, *, sim: bool, broker: str | None, kernels:
             for name in names:
                 node = None if name == SUPERVISOR else name
                 args = kernel_command(files[name], str(rig.path), directory, node=node, sim=sim)
-                proc = _spawn(args, name=f"kernel-{name}", log_dir=log_dir, directory=directory)
+                proc = _spawn(args, name=f"kernel-{name}", log_dir=log_dir, directory=directory, nice=KERNEL_NICE)
                 kprocs[name] = proc
                 entry = {"kernel_pid": proc.pid, "kernel_cmd": _marker(args), "connection_file": str(files[name]),
                          "kernel_log": str(log_dir / f"kernel-{name}.log")}
@@ -197,8 +197,12 @@ def _left(deadline: float) -> float:
     return max(1.0, deadline - time.monotonic())
 
 
-def _spawn(args: list[str], *, name: str, log_dir: Path, directory: Path) -> subprocess.Popen:
-    proc = spawn(args, name=name, log_dir=log_dir, env={"LABRIG_STATE_DIR": str(directory)})
+# Kernels run below the runtimes in CPU priority: a runaway cell must not delay a ramp or a loop.
+KERNEL_NICE = 5
+
+
+def _spawn(args: list[str], *, name: str, log_dir: Path, directory: Path, nice: int = 0) -> subprocess.Popen:
+    proc = spawn(args, name=name, log_dir=log_dir, env={"LABRIG_STATE_DIR": str(directory)}, nice=nice)
     _children[proc.pid] = proc
     return proc
 
@@ -266,20 +270,21 @@ def _wait_runtimes(procs: dict[str, subprocess.Popen], directory: Path, deadline
 
 
 def _connection_files(folder: Path, names: list[str]) -> dict[str, Path]:
-    """One kernel connection file per name: loopback TCP, a fresh random HMAC key, owner-only."""
+    """One kernel connection file per name: loopback TCP, a fresh random HMAC key, owner-only.
+
+    The ports are left at 0: each kernel binds free ports itself and writes them back
+    into its file, so no other process can take a port between choosing and binding it.
+    """
     from jupyter_client.connect import write_connection_file
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
-    ports = _free_ports(5 * len(names))
     files = {}
-    for i, name in enumerate(names):
+    for name in names:
         path = folder / f"{name}.json"
         path.unlink(missing_ok=True)
-        shell, iopub, stdin, control, hb = ports[5 * i:5 * i + 5]
         write_connection_file(str(path), ip="127.0.0.1", transport="tcp", key=secrets.token_hex(32).encode(),
                               signature_scheme="hmac-sha256", kernel_name=f"labrig-{name}",
-                              shell_port=shell, iopub_port=iopub, stdin_port=stdin, control_port=control,
-                              hb_port=hb)
+                              shell_port=0, iopub_port=0, stdin_port=0, control_port=0, hb_port=0)
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:  # the key lets anyone who reads it run code as us
             raise ClusterError(f"kernel connection file {path} has mode {mode:o}; it must be 0600")
@@ -287,19 +292,13 @@ def _connection_files(folder: Path, names: list[str]) -> dict[str, Path]:
     return files
 
 
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports from the OS: all bound at once, so none is given twice."""
-    socks = []
+def _bound_ports(path: Path) -> bool:
+    """True once the kernel has written the ports it bound into its connection file."""
     try:
-        for _ in range(count):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\0" * 8)  # no TIME_WAIT left behind
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return all(info.get(k) for k in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"))
 
 
 def _wait_kernels(kernels: dict[str, tuple[subprocess.Popen, Path]], log_dir: Path, deadline: float) -> None:
@@ -310,16 +309,26 @@ def _wait_kernels(kernels: dict[str, tuple[subprocess.Popen, Path]], log_dir: Pa
     ctx = zmq.Context.instance()
     clients: dict[str, BlockingKernelClient] = {}
     try:
-        for name, (_, path) in kernels.items():
-            kc = BlockingKernelClient(context=ctx)
-            kc.load_connection_file(str(path))
-            kc.start_channels(iopub=False, stdin=False, hb=False, control=False)
-            clients[name] = kc
         asked: dict[str, float] = {}
         pending = set(kernels)
         while pending:
             for name in sorted(pending):
-                proc, kc = kernels[name][0], clients[name]
+                proc, path = kernels[name]
+                if name not in clients:
+                    if not _bound_ports(path):
+                        if proc.poll() is not None:
+                            raise ClusterError(f"kernel {name!r} exited with code {proc.returncode} before it "
+                                               f"bound its ports:\n" + log_tail(log_dir / f"kernel-{name}.log"))
+                        if time.monotonic() > deadline:
+                            raise ClusterError(f"kernel {name!r} did not bind its ports in time:\n"
+                                               + log_tail(log_dir / f"kernel-{name}.log"))
+                        time.sleep(0.02)
+                        continue
+                    kc = BlockingKernelClient(context=ctx)
+                    kc.load_connection_file(str(path))
+                    kc.start_channels(iopub=False, stdin=False, hb=False, control=False)
+                    clients[name] = kc
+                kc = clients[name]
                 now = time.monotonic()
                 if now - asked.get(name, -10.0) > 2.0:  # queued until the kernel binds; ask again now and then
                     kc.kernel_info()
@@ -420,6 +429,7 @@ def stop_cluster(directory: str | os.PathLike | None = None, *, _locked: bool = 
     from .broker import stop_broker
     from .runtime.main import node_state_name
     from .testbed import stop_testbed
+    record["nodes"] = {node: _current_runtime(node, info, directory) for node, info in record.get("nodes", {}).items()}
     groups = _processes(record)
     stopped = _terminate(groups["kernels"])
     stopped += _terminate(groups["runtimes"], timeout=8.0)  # they drive outputs safe first
@@ -458,7 +468,7 @@ def cluster_status(directory: str | os.PathLike | None = None, *, timeout: float
     if not record:
         return {"rig": None, "rig_path": None, "broker": None, "simulators": {}, "nodes": {}, "supervisor": None}
     from .testbed import testbed_status
-    nodes = record.get("nodes", {})
+    nodes = {node: _current_runtime(node, info, directory) for node, info in record.get("nodes", {}).items()}
     broker = record.get("broker")
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(nodes) + 3, thread_name_prefix="status") as pool:
         pings = {node: pool.submit(_ping, node, info.get("endpoint"), timeout) for node, info in nodes.items()}
@@ -500,6 +510,16 @@ def cluster_status(directory: str | os.PathLike | None = None, *, timeout: float
                                             "kernel_pid": sup.get("kernel_pid"),
                                             "connection_file": sup.get("connection_file")},
     }
+
+
+def _current_runtime(node: str, info: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """The node's entry with the pid and endpoint of the runtime running now (it may have been restarted)."""
+    from .runtime.locate import runtime_record
+    live = runtime_record(node, directory)
+    if live and live.get("pid") != info.get("pid"):
+        # a runtime started by `labrig node serve` or a node kernel: both command lines hold this
+        return {**info, "pid": live["pid"], "endpoint": live["endpoint"], "cmd": f"{node} --state-dir {directory}"}
+    return info
 
 
 def _ping(node: str, endpoint: str | None, timeout: float) -> dict | None:

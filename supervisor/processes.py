@@ -22,14 +22,16 @@ class ProcessError(LabrigError):
     """A background process failed to start or to stop."""
 
 
-def spawn(args: list[str], *, name: str, log_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start `python -m ARGS...` detached, logging to log_dir/NAME.log."""
+def spawn(args: list[str], *, name: str, log_dir: Path, env: dict[str, str] | None = None,
+          nice: int = 0) -> subprocess.Popen:
+    """Start `python -m ARGS...` detached, logging to log_dir/NAME.log, `nice` steps below us in priority."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / f"{name}.log", "ab")
     try:
         return subprocess.Popen([sys.executable, *args], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+                                env={**os.environ, **(env or {})},
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
     finally:
         log.close()
 

@@ -27,6 +27,8 @@ User={user}
 RuntimeDirectory=labrig
 RuntimeDirectoryPreserve=yes
 ExecStart={shlex.join(args)}
+# above interactive work (kernels, notebooks) on the same board: loops and ramps keep their timing
+Nice=-5
 Restart=on-failure
 RestartSec=1
 KillSignal=SIGTERM

@@ -16,7 +16,6 @@ from labrig.drivers.contract import ChannelSpec, open_driver
 from labrig.drivers.errors import ConfigError, FrameError, LinkClosed, LinkTimeout
 from labrig.drivers.gpio.driver import GPIODriver
 from labrig.simulators.pigpio_server import HW_REVISION, PI_UNKNOWN_COMMAND, PigpioSimulator
-from labrig.simulators.world import LocalWorld
 from support import eventually
 
 # A pigpio reader thread dying of an exception, or a gpiozero device failing in

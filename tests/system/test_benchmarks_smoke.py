@@ -1,16 +1,20 @@
 """Benchmarks run outside CI; here each runs once at a tiny size and must print well-formed figures."""
+import pytest
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+# whole clusters: these modules share one xdist worker, so two never compete for the CPU
+pytestmark = pytest.mark.xdist_group("cluster")
+
 ROOT = Path(__file__).resolve().parents[2]
 FIGURE = re.compile(r"^figure: (\S+) ([0-9.eE+-]+) (\S+) baseline ([0-9.eE+-]+) ratio ([0-9.eE+-]+)$")
 
 
-def run_benchmark(name, *args):
+def run_benchmark(name, *args, timeout=120):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr
     figures = {}
     for line in result.stdout.splitlines():
@@ -27,3 +31,20 @@ def test_drivers_roundtrip_smoke():
             value, unit, baseline, ratio = figures[f"drivers_{bus}_read_{q}"]
             assert unit == "ms" and value > 0 and baseline > 0
             assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio
+
+
+def test_cluster_rpc_smoke():
+    # a whole simulated cluster and a one-node telemetry rig: slow on a loaded machine, hence the timeout
+    figures = run_benchmark("cluster_rpc.py", "--n", "5", "--seconds", "1", "--nodes", "1", timeout=240)
+    assert set(figures) == {"command_roundtrip", "comm_roundtrip", "cluster_start", "memory_runtime_mb",
+                            "memory_node_kernel_mb", "telemetry_n1_samples_per_s", "telemetry_n1_gaps"}
+    for name, unit in (("command_roundtrip", "ms"), ("comm_roundtrip", "ms"), ("cluster_start", "s"),
+                       ("memory_runtime_mb", "MB"), ("memory_node_kernel_mb", "MB")):
+        value, got_unit, baseline, ratio = figures[name]
+        assert got_unit == unit and value > 0 and baseline > 0, name
+        assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio, name
+    value, unit, baseline, ratio = figures["telemetry_n1_samples_per_s"]
+    assert unit == "samples/s" and baseline == 300 and value > 0  # 3 inputs at 100 Hz; some arrived
+    assert abs(ratio - value / baseline) <= 0.01
+    value, unit, baseline, ratio = figures["telemetry_n1_gaps"]
+    assert unit == "gaps" and baseline == 0 and value >= 0 and ratio == value  # zero baseline: ratio is the value

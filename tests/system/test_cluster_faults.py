@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import zmq
 from jupyter_client.blocking import BlockingKernelClient
 from jupyter_client.session import Session
 
-from labrig.drivers.errors import LabrigError
 from labrig.supervisor.broker import mosquitto_binary
-from labrig.supervisor.cluster import kernel_command, start_cluster, stop_cluster
+from labrig.supervisor.cluster import cluster_status, kernel_command, start_cluster, stop_cluster
 from labrig.supervisor.mqtt import MqttSubscriber
 from labrig.supervisor.processes import is_ours, spawn, stop_pid
 from labrig.supervisor.rig import Rig
@@ -29,7 +29,8 @@ from labrig.supervisor.runtime import RuntimeClient
 from labrig.supervisor.runtime.locate import ensure_runtime, runtime_record
 from labrig.supervisor.state import read_state, write_state
 from labrig.simulators.world import world_control
-from support import eventually, wait_for
+from support import wait_for
+
 
 ROOT = Path(__file__).resolve().parents[2]
 RIG = ROOT / "examples" / "ishtar" / "rig.toml"
@@ -37,7 +38,11 @@ NODE = "ard1"
 VALUE = "application/vnd.labrig.value+json"
 PWM_STEP = 150 / 255  # V: one step of the Arduino's 8-bit PWM that makes probe_bias
 
-pytestmark = pytest.mark.skipif(not mosquitto_binary(), reason="needs Mosquitto (apt install mosquitto)")
+# Whole clusters: these modules share one xdist worker, so two never compete for the CPU.
+# Without Mosquitto they skip on a laptop, never in CI (the test command installs it there).
+pytestmark = [pytest.mark.xdist_group("cluster"),
+              pytest.mark.skipif(not mosquitto_binary() and not os.environ.get("CI"),
+                                 reason="needs Mosquitto (apt install mosquitto)")]
 
 
 # ---------------------------------------------------------------- the cluster
@@ -48,8 +53,8 @@ class Cluster:
     def __init__(self, directory: Path):
         self.dir = directory
         self.rig = Rig.load(RIG)
-        self.popens = []  # kernels the tests restarted (reaped at teardown)
-        self.pids = set()  # every process the tests started, checked gone at teardown
+        self.popens = []  # kernels the tests started again (reaped at teardown)
+        self.pids = set()  # runtimes the tests started again (reaped at teardown)
 
     @property
     def record(self) -> dict:
@@ -78,7 +83,6 @@ class Cluster:
         assert " ".join(args) == node["kernel_cmd"]  # so `labrig down` knows it as its own
         proc = spawn(args, name=f"kernel-{NODE}", log_dir=self.dir / "logs", env={"LABRIG_STATE_DIR": str(self.dir)})
         self.popens.append(proc)
-        self.pids.add(proc.pid)
         node["kernel_pid"] = proc.pid
         write_state("cluster", record, self.dir)
         return proc.pid
@@ -89,22 +93,24 @@ def cluster(tmp_path_factory):
     directory = tmp_path_factory.mktemp("faults") / "state"
     c = Cluster(directory)
     try:
-        record = start_cluster(RIG, sim=True, directory=directory, timeout=90)
-        c.pids |= {record["supervisor"]["kernel_pid"], record["broker"]["pid"]}
-        c.pids |= {info[k] for info in record["nodes"].values() for k in ("pid", "kernel_pid")}
+        start_cluster(RIG, sim=True, directory=directory, timeout=90)
         yield c
     finally:
         stopped = stop_cluster(directory)
-        # what stop_cluster missed is a finding: stop it anyway, then say so
-        left = [pid for pid in sorted(c.pids) if is_ours(pid) and stop_pid(pid)]
+        # every process of this cluster names the state directory in its command line
+        left = [p for p in psutil.process_iter(["pid", "cmdline", "status"])
+                if str(directory) in " ".join(p.info["cmdline"] or []) and p.info["status"] != psutil.STATUS_ZOMBIE]
+        for p in left:  # a finding: stop it anyway, then say so
+            stop_pid(p.pid, marker=str(directory))
         for proc in c.popens:
             proc.wait(5)
-        for pid in c.pids:  # reap what we started through ensure_runtime
+        for pid in c.pids:  # reap the runtime started through ensure_runtime
             try:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
-        assert not left, f"stop_cluster left running: pids {left} (it stopped {stopped})"
+        assert not left, f"stop_cluster (which stopped {stopped}) left running: " + \
+            "; ".join(" ".join(p.info["cmdline"])[:160] for p in left)
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +198,9 @@ def test_killed_runtime_goes_offline_its_board_goes_safe_and_a_restart_rejoins(c
     record = ensure_runtime(cluster.record["rig"], NODE, cluster.dir, sim=True)
     cluster.pids.add(record["pid"])
     assert record["pid"] != pid
-    _register_runtime(cluster, record)
+    # `labrig status` (and so `labrig down`) follow the restarted runtime by its own state file
+    live = cluster_status(cluster.dir)["nodes"][NODE]
+    assert live["pid"] == record["pid"] and live["runtime"] == "online", live
     wait_for(lambda: run(supervisor, f"rig.status().data[{NODE!r}]['runtime']")[1] == "online", 10,
              "the supervisor sees the restarted ard1 runtime online")
     print(f"restarted runtime online for the supervisor after {time.monotonic() - restarted:.2f} s")
@@ -210,13 +218,6 @@ def test_killed_runtime_goes_offline_its_board_goes_safe_and_a_restart_rejoins(c
     finally:
         kc.stop_channels()
 
-
-def _register_runtime(cluster: Cluster, record: dict) -> None:
-    """Name the restarted runtime in the cluster's record, so `labrig status` and `down` know it."""
-    cl = cluster.record
-    cl["nodes"][NODE]["pid"] = record["pid"]
-    cl["nodes"][NODE]["endpoint"] = record["endpoint"]
-    write_state("cluster", cl, cluster.dir)
 
 
 def _node_kernel_client(cluster: Cluster) -> BlockingKernelClient:
@@ -279,54 +280,82 @@ class Telemetry:
         self._sub.close()
 
 
+RAMP = {"start": -100.0, "target": 50.0, "rate": 20.0}  # V, V, V/s: 7.5 s
+SPAN = RAMP["target"] - RAMP["start"]
+DURATION = SPAN / RAMP["rate"]
+
+
 def _ramp(ard: RuntimeClient, cluster: Cluster) -> dict:
-    """Start probe_bias from -100 to +50 V at 20 V/s (7.5 s) in the runtime."""
-    ard.write("probe_bias", -100.0)
-    wait_for(lambda: cluster.world()["probe_bias"] == -100.0, 3, "probe_bias at -100 V before the ramp")
-    ramp = ard.ramp("probe_bias", 50.0, 20.0)
-    assert ramp["start"] == -100.0 and ramp["state"] == "running"
+    """Start probe_bias's ramp in the runtime, from where the world shows it at its start value."""
+    ard.write("probe_bias", RAMP["start"])
+    wait_for(lambda: cluster.world()["probe_bias"] == RAMP["start"], 3, "probe_bias at -100 V before the ramp")
+    ramp = ard.ramp("probe_bias", RAMP["target"], RAMP["rate"])
+    assert ramp["start"] == RAMP["start"] and ramp["state"] == "running"
     return ramp
 
 
-def _finish(ard: RuntimeClient, ramp: dict, world: WorldRecorder) -> np.ndarray:
-    """Wait for the ramp's end; the world's probe_bias meanwhile, (t from the ramp's start, V)."""
-    duration = (ramp["target"] - ramp["start"]) / ramp["rate"]
-    wait_for(lambda: time.time() > ramp["started"] + duration + 0.3, duration + 5, "the ramp's end")
+def _trajectory(ard: RuntimeClient, ramp: dict, world: WorldRecorder, until: float) -> np.ndarray:
+    """Wait for the ramp's end and `until` (wall clock); the world's probe_bias, (s from the ramp's start, V)."""
+    wait_for(lambda: time.time() > until, until - time.time() + 5, "the ramp's end")
     done = [r for r in ard.ramps() if r["started"] == ramp["started"] and r["signal"] == "probe_bias"]
-    assert done and done[0]["state"] == "done", done
-    data = world.between(ramp["started"] - 0.2, ramp["started"] + duration + 0.3)
+    assert done and done[0]["state"] == "done", done  # it ran to its end: neither stopped nor failed
+    data = world.between(ramp["started"] - 0.2, until)
     data[:, 0] -= ramp["started"]
     return data
 
 
+def _off_ideal(data: np.ndarray) -> float:
+    """Largest distance of a trajectory from the ramp's straight line (from its start on)."""
+    after = data[data[:, 0] >= 0]
+    ideal = np.clip(RAMP["start"] + RAMP["rate"] * after[:, 0], RAMP["start"], RAMP["target"])
+    return float(np.max(np.abs(after[:, 1] - ideal)))
+
+
 def test_ramp_keeps_its_trajectory_while_its_node_kernel_is_abused(cluster):
+    tolerance = 0.01 * SPAN
     world = WorldRecorder(read_state("sim", cluster.dir)["world"]["endpoints"]["state"])
     telemetry = Telemetry(cluster)
     try:
         runtime_pid = cluster.runtime()["pid"]
         with cluster.client() as ard:
+            # the undisturbed reference. On a loaded shared machine the scheduler can stall the runtime
+            # or its simulator ~100 ms (seen as a gap in its telemetry too); a stalled reference is not
+            # an undisturbed run: then it runs again
+            for attempt in (1, 2, 3):
+                ramp = _ramp(ard, cluster)
+                calm = _trajectory(ard, ramp, world, ramp["started"] + DURATION + 0.3)
+                calm_error = _off_ideal(calm)
+                if calm_error <= tolerance:
+                    break
+                print(f"\nreference ramp {attempt}: {calm_error:.2f} V off its line (machine load); again")
+            assert calm_error <= tolerance, f"no undisturbed reference: {calm_error:.2f} V off the ramp's line"
             ramp = _ramp(ard, cluster)
-            calm = _finish(ard, ramp, world)
-            ramp = _ramp(ard, cluster)
-            window = _abuse_node_kernel(cluster)
-            rough = _finish(ard, ramp, world)
-        duration = (ramp["target"] - ramp["start"]) / ramp["rate"]
+            abuse = _abuse_node_kernel(cluster)
+            # the output must also hold its target while the rest of the abuse goes on after the ramp
+            rough = _trajectory(ard, ramp, world, max(ramp["started"] + DURATION, abuse["killed"]) + 0.3)
     finally:
         world.close()
         telemetry.close()
+        # leave ard1's kernel running again, recorded, for the next test and for stop_cluster
+        if not is_ours(cluster.record["nodes"][NODE]["kernel_pid"]):
+            _wait_kernel(cluster, cluster.start_node_kernel())
 
-    # the abuse happened while the ramp ran
-    assert ramp["started"] < window[0] and window[1] < ramp["started"] + duration, (ramp["started"], window)
-    # the two trajectories, aligned on the ramp's start
-    span = ramp["target"] - ramp["start"]
-    inside = rough[(rough[:, 0] >= 0) & (rough[:, 0] <= duration + 0.2)]
-    assert len(inside) > 100 * duration, f"only {len(inside)} world samples in {duration} s"
-    deviation = np.abs(inside[:, 1] - np.interp(inside[:, 0], calm[:, 0], calm[:, 1]))
-    ideal = np.clip(ramp["start"] + ramp["rate"] * calm[:, 0], ramp["start"], ramp["target"])
-    calm_error = np.max(np.abs(calm[calm[:, 0] >= 0, 1] - ideal[calm[:, 0] >= 0]))
-    print(f"\nmax deviation of the disturbed ramp from the undisturbed one: {deviation.max():.3f} V "
-          f"(at t = {inside[deviation.argmax(), 0]:.3f} s); undisturbed vs ideal: {calm_error:.3f} V")
-    assert deviation.max() <= 0.01 * span, f"{deviation.max():.2f} V > 1% of {span:g} V"
+    at = {phase: round(t - ramp["started"], 2) for phase, t in abuse.items()}
+    print(f"\nabuse of ard1's kernel, s from the ramp's start: {at}")
+    # busy cell, interrupt and restart all happened while the ramp ran (the kill too, unless the
+    # restarted kernel took long to come up: then the output's hold at its target is compared)
+    assert ramp["started"] < abuse["busy"] and abuse["restart"] < ramp["started"] + DURATION, at
+    # the two trajectories, aligned on the ramp's start; after the reference ends, the target
+    assert len(rough) > 100 * DURATION, f"only {len(rough)} world samples in {DURATION} s"
+    rough = rough[rough[:, 0] >= 0]
+    reference = np.where(rough[:, 0] <= calm[-1, 0], np.interp(rough[:, 0], calm[:, 0], calm[:, 1]),
+                         RAMP["target"])
+    deviation = np.abs(rough[:, 1] - reference)
+    worst = deviation.argmax()
+    print(f"max deviation of the disturbed ramp from the undisturbed one: {deviation[worst]:.3f} V at "
+          f"{rough[worst, 0]:.3f} s (reference {calm_error:.3f} V and disturbed {_off_ideal(rough):.3f} V "
+          "off the ideal line)")
+    assert deviation[worst] <= tolerance, f"{deviation[worst]:.2f} V at {rough[worst, 0]:.2f} s > 1% of {SPAN:g} V"
 
     # telemetry kept its rate, with no gap in its sequence numbers
     seq, t = np.array(telemetry.seq), np.array(telemetry.t)
@@ -334,53 +363,62 @@ def test_ramp_keeps_its_trajectory_while_its_node_kernel_is_abused(cluster):
     gaps = np.flatnonzero(np.diff(seq) != 1)
     assert not len(gaps), f"langmuir_I sequence gaps: {[(seq[i], seq[i + 1]) for i in gaps[:5]]}"
     rate = cluster.rig.signals["langmuir_I"].rate
-    kept = np.count_nonzero((t >= window[0]) & (t <= window[1])) / (window[1] - window[0]) / rate
-    print(f"langmuir_I telemetry kept {100 * kept:.1f}% of {rate:g} Hz over the {window[1] - window[0]:.2f} s "
-          "of abuse")
+    start, end = abuse["busy"], abuse["killed"]
+    kept = np.count_nonzero((t >= start) & (t <= end)) / (end - start) / rate
+    print(f"langmuir_I telemetry: {100 * kept:.1f}% of {rate:g} Hz over the {end - start:.2f} s of abuse, "
+          f"{len(seq)} samples without a gap")
     assert kept >= 0.95
     # the runtime saw none of it
     assert cluster.runtime()["pid"] == runtime_pid
 
 
-def _abuse_node_kernel(cluster: Cluster) -> tuple[float, float]:
-    """Busy 2 s, interrupt a long cell, restart, kill ard1's kernel, then start it again; the abuse's window."""
+def _abuse_node_kernel(cluster: Cluster) -> dict[str, float]:
+    """Busy 2 s, interrupt a long cell, restart, then kill ard1's kernel; when each began (wall clock)."""
+    at = {}
     kc = _node_kernel_client(cluster)
     try:
-        start = time.time()
+        at["busy"] = time.time()
         _, _, error = run(kc, "import time\nt0 = time.monotonic()\nwhile time.monotonic() - t0 < 2.0:\n    pass")
         assert error is None, error
-        busy = time.time() - start
-        assert busy >= 2.0
+        assert time.time() - at["busy"] >= 2.0
 
         # a long cell, interrupted as interrupt_mode "signal" does: SIGINT to the kernel's process
         msg_id = kc.execute("while True:\n    pass", store_history=False)
-        wait_for(lambda: _busy_with(kc, msg_id), 5, "the long cell running")
+        # execute_input comes once the kernel runs the cell, with SIGINT mapped to KeyboardInterrupt
+        # (ipykernel ignores SIGINT outside a request: an earlier signal would be lost)
+        wait_for(lambda: _running(kc, msg_id), 10, "the long cell running")
+        at["interrupt"] = time.time()
         os.kill(cluster.record["nodes"][NODE]["kernel_pid"], signal.SIGINT)
-        reply = kc.get_shell_msg(timeout=5)
-        assert reply["parent_header"]["msg_id"] == msg_id
+        reply = _shell_reply(kc, msg_id, 10)
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
     finally:
         kc.stop_channels()
 
     # restart: the process goes, the same command starts again on the same connection file
+    at["restart"] = time.time()
     _kill_node_kernel(cluster)
     _wait_kernel(cluster, cluster.start_node_kernel())
-    restarted = time.time()
+    at["restarted"] = time.time()
     # and kill the restarted one
     _kill_node_kernel(cluster)
-    end = time.time()
-    print(f"\nabuse of ard1's kernel: busy {busy:.2f} s, restart done {restarted - start:.2f} s, "
-          f"killed {end - start:.2f} s after its start")
-    return start, end
+    at["killed"] = time.time()
+    return at
 
 
-def _busy_with(kc, msg_id) -> bool:
+def _shell_reply(kc, msg_id: str, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+
+
+def _running(kc, msg_id) -> bool:
     try:
         msg = kc.get_iopub_msg(timeout=0.1)
     except Exception:  # queue.Empty
         return False
-    return (msg["msg_type"] == "status" and msg["parent_header"].get("msg_id") == msg_id
-            and msg["content"]["execution_state"] == "busy")
+    return msg["msg_type"] == "execute_input" and msg["parent_header"].get("msg_id") == msg_id
 
 
 def _kill_node_kernel(cluster: Cluster) -> None:
@@ -411,7 +449,7 @@ def _wait_kernel(cluster: Cluster, pid: int, timeout: float = 30.0) -> None:
 
 @pytest.fixture
 def node_kernel_up(cluster):
-    """ard1's kernel running (test 2 leaves it killed; start it again the way `labrig up` did)."""
+    """ard1's kernel running and answering (started again the way `labrig up` did if it is not)."""
     pid = cluster.record["nodes"][NODE]["kernel_pid"]
     if not is_ours(pid):
         pid = cluster.start_node_kernel()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,9 @@ from jupyter_client.manager import start_new_kernel
 from labrig.kernels.install import install_kernelspecs
 from labrig.supervisor.processes import stop_pid
 from labrig.supervisor.runtime.locate import runtime_record
+
+# whole clusters: these modules share one xdist worker, so two never compete for the CPU
+pytestmark = pytest.mark.xdist_group("cluster")
 
 
 def run(kc, code, timeout=30):
