@@ -60,12 +60,11 @@ class DeviceSimulator:
             time.sleep(fault["value"])
 
     def garble(self, data: bytes) -> bytes:
-        """Corrupt a reply when the link is garbled: flip bits, keep the length."""
+        """Corrupt a reply when the link is garbled: flip distinct bits (never one twice), keep the length."""
         fault = self.link_fault()
         if not (fault and fault["mode"] == "garble") or not data:
             return data
         out = bytearray(data)
-        for _ in range(max(1, len(out) // 4)):
-            i = self._rng.randrange(len(out))
-            out[i] ^= 1 << self._rng.randrange(8)
+        for bit in self._rng.sample(range(8 * len(out)), max(1, len(out) // 4)):
+            out[bit // 8] ^= 1 << (bit % 8)
         return bytes(out)

@@ -337,9 +337,11 @@ class CuttableProxy:
             (_abort if reset else _finish)(sock)
 
     def _flip(self, data: bytes) -> bytes:
+        """Flip distinct bits (never one twice, which would undo it), a fraction of the bytes' worth."""
         out = bytearray(data)
-        for _ in range(max(1, round(len(out) * self.garble_fraction))):
-            out[self._rng.randrange(len(out))] ^= 1 << self._rng.randrange(8)
+        count = min(8 * len(out), max(1, round(len(out) * self.garble_fraction)))
+        for bit in self._rng.sample(range(8 * len(out)), count):
+            out[bit // 8] ^= 1 << (bit % 8)
         return bytes(out)
 
 

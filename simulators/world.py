@@ -207,7 +207,8 @@ class WorldServer:
         last = time.monotonic()
         next_pub = last
         while not self._stop.is_set():
-            timeout_ms = max(0.0, (next_pub - time.monotonic()) * 1000)
+            # whole milliseconds, rounded up: zmq truncates a fraction to 0 and the loop would spin
+            timeout_ms = max(0, math.ceil((next_pub - time.monotonic()) * 1000))
             for sock, _ in poller.poll(timeout_ms):
                 if sock is self.pull:
                     while True:

@@ -16,6 +16,9 @@ from labrig.drivers.errors import ConfigError, LinkError, LinkTimeout
 from labrig.simulators.faults import CuttableProxy
 from labrig.simulators.world import world_control
 
+# runs simulator processes: shares one xdist worker with the other process-heavy modules
+pytestmark = pytest.mark.xdist_group("processes")
+
 TIMEOUT = 0.5
 
 # node, an input to read, writes that prepare the output, the output written, where its effect shows

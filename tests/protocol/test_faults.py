@@ -192,13 +192,14 @@ def test_garble_flips_bits_then_restore(proxy, connect):
 
 def test_target_down_means_refused(no_leaks):
     with socket.socket() as s:
+        # bound but not listening: connections are refused, and no other process can take the port meanwhile
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with CuttableProxy(f"tcp://127.0.0.1:{port}") as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as c:
-            with pytest.raises(ConnectionResetError):
-                c.recv(10)
-        assert proxy.stats["refused"] == 1
+        with CuttableProxy(f"tcp://127.0.0.1:{port}") as proxy:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=2) as c:
+                with pytest.raises(ConnectionResetError):
+                    c.recv(10)
+            assert proxy.stats["refused"] == 1
 
 
 def test_bad_target():

@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# whole clusters: these modules share one xdist worker, so two never compete for the CPU
-pytestmark = pytest.mark.xdist_group("cluster")
+# whole clusters: every module that runs simulator or cluster processes shares one xdist worker
+pytestmark = pytest.mark.xdist_group("processes")
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURE = re.compile(r"^figure: (\S+) ([0-9.eE+-]+) (\S+) baseline ([0-9.eE+-]+) ratio ([0-9.eE+-]+)$")

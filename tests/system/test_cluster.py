@@ -26,9 +26,9 @@ RIG = ROOT / "examples" / "ishtar" / "rig.toml"
 NODES = {"ard1", "rp1", "plc1", "pi1", "gauge1"}
 HEARTBEAT_TIMEOUT = 2.0  # the rig's [watchdogs] heartbeat_timeout
 
-# Whole clusters: these modules share one xdist worker, so two never compete for the CPU.
+# Whole clusters: every module that runs simulator or cluster processes shares one xdist worker.
 # Without Mosquitto they skip on a laptop, never in CI (the test command installs it there).
-pytestmark = [pytest.mark.xdist_group("cluster"),
+pytestmark = [pytest.mark.xdist_group("processes"),
               pytest.mark.skipif(not mosquitto_binary() and not os.environ.get("CI"),
                                  reason="needs Mosquitto (apt install mosquitto)")]
 

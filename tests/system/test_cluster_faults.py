@@ -38,9 +38,9 @@ NODE = "ard1"
 VALUE = "application/vnd.labrig.value+json"
 PWM_STEP = 150 / 255  # V: one step of the Arduino's 8-bit PWM that makes probe_bias
 
-# Whole clusters: these modules share one xdist worker, so two never compete for the CPU.
+# Whole clusters: every module that runs simulator or cluster processes shares one xdist worker.
 # Without Mosquitto they skip on a laptop, never in CI (the test command installs it there).
-pytestmark = [pytest.mark.xdist_group("cluster"),
+pytestmark = [pytest.mark.xdist_group("processes"),
               pytest.mark.skipif(not mosquitto_binary() and not os.environ.get("CI"),
                                  reason="needs Mosquitto (apt install mosquitto)")]
 

@@ -11,8 +11,8 @@ from labrig.kernels.install import install_kernelspecs
 from labrig.supervisor.processes import stop_pid
 from labrig.supervisor.runtime.locate import runtime_record
 
-# whole clusters: these modules share one xdist worker, so two never compete for the CPU
-pytestmark = pytest.mark.xdist_group("cluster")
+# whole clusters: every module that runs simulator or cluster processes shares one xdist worker
+pytestmark = pytest.mark.xdist_group("processes")
 
 
 def run(kc, code, timeout=30):

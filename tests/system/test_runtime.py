@@ -14,6 +14,9 @@ from labrig.supervisor.runtime.main import serve_node
 from labrig.supervisor.state import read_state
 from support import eventually
 
+# runs simulator processes: shares one xdist worker with the other process-heavy modules
+pytestmark = pytest.mark.xdist_group("processes")
+
 
 @pytest.fixture
 def runtime(testbed, ishtar_path):

@@ -18,6 +18,9 @@ import pytest
 
 from labrig.supervisor.devices import density_from_ion_saturation
 
+# runs simulator processes: shares one xdist worker with the other process-heavy modules
+pytestmark = pytest.mark.xdist_group("processes")
+
 DENSITY_THRESHOLD = 1e18  # m^-3: helicon (wave) mode
 PHASE_THRESHOLD = 0.3  # rad
 NO_PLASMA_DENSITY = 5e16  # m^-3: one ADC count of probe current is ~8e15
