@@ -16,8 +16,8 @@ from labrig.drivers.errors import ConfigError, LinkError, LinkTimeout
 from labrig.simulators.faults import CuttableProxy
 from labrig.simulators.world import world_control
 
-# runs simulator processes: shares one xdist worker with the other process-heavy modules
-pytestmark = pytest.mark.xdist_group("processes")
+# runs simulator processes: with the other process-heavy modules, one at a time (scripts/test)
+pytestmark = pytest.mark.processes
 
 TIMEOUT = 0.5
 

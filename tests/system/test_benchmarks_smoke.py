@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# whole clusters: every module that runs simulator or cluster processes shares one xdist worker
-pytestmark = pytest.mark.xdist_group("processes")
+# whole clusters: the process-heavy modules run one at a time (scripts/test)
+pytestmark = pytest.mark.processes
 
 ROOT = Path(__file__).resolve().parents[2]
 FIGURE = re.compile(r"^figure: (\S+) ([0-9.eE+-]+) (\S+) baseline ([0-9.eE+-]+) ratio ([0-9.eE+-]+)$")

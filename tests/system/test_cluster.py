@@ -26,9 +26,9 @@ RIG = ROOT / "examples" / "ishtar" / "rig.toml"
 NODES = {"ard1", "rp1", "plc1", "pi1", "gauge1"}
 HEARTBEAT_TIMEOUT = 2.0  # the rig's [watchdogs] heartbeat_timeout
 
-# Whole clusters: every module that runs simulator or cluster processes shares one xdist worker.
+# Whole clusters: the process-heavy modules run one at a time (scripts/test).
 # Without Mosquitto they skip on a laptop, never in CI (the test command installs it there).
-pytestmark = [pytest.mark.xdist_group("processes"),
+pytestmark = [pytest.mark.processes,
               pytest.mark.skipif(not mosquitto_binary() and not os.environ.get("CI"),
                                  reason="needs Mosquitto (apt install mosquitto)")]
 

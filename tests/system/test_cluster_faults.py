@@ -38,9 +38,9 @@ NODE = "ard1"
 VALUE = "application/vnd.labrig.value+json"
 PWM_STEP = 150 / 255  # V: one step of the Arduino's 8-bit PWM that makes probe_bias
 
-# Whole clusters: every module that runs simulator or cluster processes shares one xdist worker.
+# Whole clusters: the process-heavy modules run one at a time (scripts/test).
 # Without Mosquitto they skip on a laptop, never in CI (the test command installs it there).
-pytestmark = [pytest.mark.xdist_group("processes"),
+pytestmark = [pytest.mark.processes,
               pytest.mark.skipif(not mosquitto_binary() and not os.environ.get("CI"),
                                  reason="needs Mosquitto (apt install mosquitto)")]
 

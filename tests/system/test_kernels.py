@@ -11,8 +11,8 @@ from labrig.kernels.install import install_kernelspecs
 from labrig.supervisor.processes import stop_pid
 from labrig.supervisor.runtime.locate import runtime_record
 
-# whole clusters: every module that runs simulator or cluster processes shares one xdist worker
-pytestmark = pytest.mark.xdist_group("processes")
+# whole clusters: the process-heavy modules run one at a time (scripts/test)
+pytestmark = pytest.mark.processes
 
 
 def run(kc, code, timeout=30):

@@ -14,8 +14,8 @@ from labrig.simulators.world import world_control
 from labrig.supervisor.cluster import start_cluster, stop_cluster
 from labrig.supervisor.state import read_state
 
-# whole clusters: every module that runs simulator or cluster processes shares one xdist worker
-pytestmark = pytest.mark.xdist_group("processes")
+# whole clusters: the process-heavy modules run one at a time (scripts/test)
+pytestmark = pytest.mark.processes
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "ishtar"

@@ -14,8 +14,8 @@ from labrig.supervisor.runtime.main import serve_node
 from labrig.supervisor.state import read_state
 from support import eventually
 
-# runs simulator processes: shares one xdist worker with the other process-heavy modules
-pytestmark = pytest.mark.xdist_group("processes")
+# runs simulator processes: with the other process-heavy modules, one at a time (scripts/test)
+pytestmark = pytest.mark.processes
 
 
 @pytest.fixture

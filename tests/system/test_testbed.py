@@ -18,8 +18,8 @@ import pytest
 
 from labrig.supervisor.devices import density_from_ion_saturation
 
-# runs simulator processes: shares one xdist worker with the other process-heavy modules
-pytestmark = pytest.mark.xdist_group("processes")
+# runs simulator processes: with the other process-heavy modules, one at a time (scripts/test)
+pytestmark = pytest.mark.processes
 
 DENSITY_THRESHOLD = 1e18  # m^-3: helicon (wave) mode
 PHASE_THRESHOLD = 0.3  # rad
