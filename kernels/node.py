@@ -34,9 +34,8 @@ class NodeKernel(LabrigKernel):
         super().__init__(**kwargs)
         directory = state_dir(self.state_dir or None)
         rig = Rig.load(self.rig_path)
-        record = ensure_runtime(self.rig_path, self.node_name, directory, sim=self.sim)
-        self.node = Node(rig, self.node_name, record["endpoint"], client=f"kernel-{self.node_name}",
-                         directory=directory)
+        ensure_runtime(self.rig_path, self.node_name, directory, sim=self.sim)
+        self.node = Node(rig, self.node_name, directory, client=f"kernel-{self.node_name}")
         self.shell.user_ns["node"] = self.node
         self._enable_json_results()
         self.shell.register_magic_function(self._status_magic, "line", "status")

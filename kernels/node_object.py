@@ -1,15 +1,13 @@
 """`node`: one board, as its node kernel shows it. Signals by name, devices, status, safe."""
 from __future__ import annotations
 
-import os
-import threading
 from pathlib import Path
 
+from labrig.drivers.errors import LabrigError
 from labrig.supervisor.devices import make_device
 from labrig.supervisor.rig import Rig
-from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
-from labrig.supervisor.runtime.locate import runtime_record
-from labrig.supervisor.runtime.main import node_state_name
+from labrig.supervisor.runtime import RuntimeClient
+from labrig.supervisor.runtime.locate import RuntimeLink
 
 from .signals import Signal, SignalMap, Table
 
@@ -24,20 +22,19 @@ def status_rows(status: dict) -> list[dict]:
 
 
 class Node:
-    """One board: `node["probe_bias"].ramp(-80)`, `node.langmuir.density()`, `node.status()`, `node.safe()`."""
+    """One board: `node["probe_bias"].ramp(-80)`, `node.langmuir.density()`, `node.status()`, `node.safe()`.
 
-    def __init__(self, rig: Rig, name: str, endpoint: str, *, client: str = "", directory: Path | None = None):
+    It reaches the node's runtime wherever the state directory says it listens now, so a
+    runtime restarted by systemd or by hand is followed without restarting the kernel.
+    """
+
+    def __init__(self, rig: Rig, name: str, directory: Path, *, client: str = ""):
         self.rig = rig
         self.name = name
         self.kind = rig.node(name).kind
-        self.endpoint = endpoint
-        self._directory = directory  # given: follow a restarted runtime (systemd, a kernel) to its new endpoint
-        self._lock = threading.Lock()
-        self._seen = None  # the runtime state file last looked at
-        self._client = RuntimeClient(endpoint, node=name, client=client or f"kernel-{name}")
-        self._aclient = None
+        self.link = RuntimeLink(name, directory, client=client or f"kernel-{name}")
         specs = rig.signals_of(name)
-        self.signals = SignalMap({n: Signal(n, spec, lambda: self.client, self._async_client)
+        self.signals = SignalMap({n: Signal(n, spec, lambda: self.link.client, self.link.aclient)
                                   for n, spec in specs.items()}, where=f"node {name!r}")
         self.devices = {}
         for dev_name, dev in rig.spec.devices.items():
@@ -47,32 +44,11 @@ class Node:
 
     @property
     def client(self) -> RuntimeClient:
-        """The client of this node's runtime, wherever the runtime recorded in the state directory listens."""
-        if self._directory is not None:
-            # a (re)started runtime rewrites its state file (atomically: a new inode); a stat is cheap
-            try:
-                st = os.stat(self._directory / f"{node_state_name(self.name)}.json")
-                seen = (st.st_ino, st.st_mtime_ns)
-            except FileNotFoundError:
-                seen = None
-            if seen and seen != self._seen:
-                record = runtime_record(self.name, self._directory)
-                with self._lock:
-                    self._seen = seen
-                    if record and record["endpoint"] != self.endpoint:
-                        old, self.endpoint = self._client, record["endpoint"]
-                        self._client = RuntimeClient(self.endpoint, node=self.name, client=old.client)
-                        old.close()
-        return self._client
+        return self.link.client
 
-    def _async_client(self) -> AsyncRuntimeClient:
-        endpoint = self.client.endpoint
-        if self._aclient is not None and self._aclient.endpoint != endpoint:
-            self._aclient.close()
-            self._aclient = None
-        if self._aclient is None:
-            self._aclient = AsyncRuntimeClient(self.endpoint, node=self.name, client=self.client.client)
-        return self._aclient
+    @property
+    def endpoint(self) -> str:
+        return self.link.endpoint
 
     def __getitem__(self, name: str) -> Signal:
         return self.signals[name]
@@ -109,9 +85,11 @@ class Node:
         return self.client.safe()
 
     def close(self):
-        self.client.close()
-        if self._aclient:
-            self._aclient.close()
+        self.link.close()
 
     def __repr__(self):
-        return f"<Node {self.name} ({self.kind}) at {self.endpoint}: {len(self.signals)} signals>"
+        try:
+            where = f"at {self.endpoint}"
+        except LabrigError:
+            where = "(no runtime running)"
+        return f"<Node {self.name} ({self.kind}) {where}: {len(self.signals)} signals>"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +21,7 @@ from labrig.drivers.errors import LabrigError, NodeUnavailable
 from labrig.supervisor.devices import make_device
 from labrig.supervisor.rig import Rig
 from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
-from labrig.supervisor.runtime.locate import runtime_record
+from labrig.supervisor.runtime.locate import RuntimeLink, runtime_record
 from labrig.supervisor.state import read_state
 
 from .signals import Signal, SignalMap, Table
@@ -42,41 +41,17 @@ class NodeLink:
         self.directory = directory
         self.timeout = timeout
         self._heartbeats = heartbeats
-        self._client: RuntimeClient | None = None
-        self._aclient: AsyncRuntimeClient | None = None
-        self._pid = None
-        self._lock = threading.Lock()
+        self.link = RuntimeLink(name, directory, client="supervisor", timeout=timeout,
+                                last_heartbeat=lambda: heartbeats.last(name))
 
     # -- the runtime -------------------------------------------------------
-    def _record(self) -> dict:
-        record = runtime_record(self.name, self.directory)
-        if not record:
-            seen = self._heartbeats.last(self.name)
-            when = f"; last heartbeat {time.time() - seen:.1f} s ago" if seen else "; no heartbeat seen"
-            raise NodeUnavailable(f"node {self.name!r} has no runtime running (state in {self.directory}{when}); "
-                                  f"start the cluster with `labrig up` or see `labrig logs {self.name}`")
-        return record
-
     @property
     def runtime(self) -> RuntimeClient:
         """A client of the node's runtime; follows a restarted runtime to its new endpoint."""
-        with self._lock:
-            record = self._record()
-            if self._client is None or record["pid"] != self._pid:
-                if self._client:
-                    self._client.close()
-                self._client = RuntimeClient(record["endpoint"], node=self.name, client="supervisor",
-                                             timeout=self.timeout,
-                                             last_heartbeat=lambda: self._heartbeats.last(self.name))
-                self._pid = record["pid"]
-            return self._client
+        return self.link.client
 
     def aruntime(self) -> AsyncRuntimeClient:
-        record = self._record()
-        if self._aclient is None or self._aclient.endpoint != record["endpoint"]:
-            self._aclient = AsyncRuntimeClient(record["endpoint"], node=self.name, client="supervisor",
-                                               timeout=self.timeout)
-        return self._aclient
+        return self.link.aclient()
 
     # -- the kernel ----------------------------------------------------------
     @property
@@ -168,10 +143,7 @@ class NodeLink:
         return self.runtime.safe()
 
     def close(self):
-        if self._client:
-            self._client.close()
-        if self._aclient:
-            self._aclient.close()
+        self.link.close()
 
     def __repr__(self):
         return f"<NodeLink {self.name} ({self.kind})>"

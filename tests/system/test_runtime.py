@@ -119,3 +119,43 @@ def test_binding_another_interface_without_curve_is_refused(testbed, ishtar_path
     with pytest.raises(ConfigError, match="needs CurveZMQ keys"):
         serve_node(str(ishtar_path), "gauge1", sim=True, directory=Path(testbed["state_dir"]), broker="none",
                    bind="0.0.0.0")
+
+
+def test_curve_keys_encrypt_and_a_client_without_the_server_key_gets_nothing(testbed, ishtar_path, tmp_path):
+    from typer.testing import CliRunner
+    from labrig.supervisor.cli import app
+    from labrig.supervisor.processes import spawn, stop_pid
+    from labrig.supervisor.runtime.locate import RuntimeLink
+    keys = tmp_path / "keys"
+    assert CliRunner().invoke(app, ["keys", "generate", str(keys)]).exit_code == 0
+    assert (keys / "server.key_secret").stat().st_mode & 0o077 == 0
+    directory = Path(testbed["state_dir"])
+    proc = spawn(["-m", "labrig.supervisor.cli", "node", "serve", str(ishtar_path), "gauge1", "--sim",
+                  "--broker", "none", "--curve-keys", str(keys), "--state-dir", str(directory)],
+                 name="node-gauge1", log_dir=directory / "logs")
+    try:
+        record = eventually(lambda: (r := read_state("node-gauge1", directory)) and r["pid"] == proc.pid and r,
+                            timeout=15)
+        assert record and record["public_key"]
+        link = RuntimeLink("gauge1", directory, timeout=1.0)  # takes the server key from the state record
+        assert link.client.read("gauge_setpoint") == pytest.approx(5.0)
+        link.close()
+        with RuntimeClient(record["endpoint"], node="gauge1", timeout=0.5) as plain:  # no server key: no answer
+            with pytest.raises(NodeUnavailable):
+                plain.ping()
+    finally:
+        stop_pid(proc.pid)
+        proc.wait(5)
+
+
+def test_node_install_writes_a_systemd_unit(ishtar_path, tmp_path):
+    from typer.testing import CliRunner
+    from labrig.supervisor.cli import app
+    result = CliRunner().invoke(app, ["node", "install", str(ishtar_path), "plc1", "--output", str(tmp_path),
+                                      "--port", "5601"])
+    assert result.exit_code == 0, result.output
+    unit = (tmp_path / "labrig-node-plc1.service").read_text()
+    assert "ExecStart=" in unit and "node serve" in unit and " plc1 " in unit and "--port 5601" in unit
+    assert "Restart=on-failure" in unit and "Nice=-5" in unit
+    bad = CliRunner().invoke(app, ["node", "install", str(ishtar_path), "plc9", "--output", str(tmp_path)])
+    assert bad.exit_code == 2 and "did you mean plc1" in bad.output
