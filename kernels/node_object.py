@@ -9,7 +9,7 @@ from labrig.supervisor.rig import Rig
 from labrig.supervisor.runtime import RuntimeClient
 from labrig.supervisor.runtime.locate import RuntimeLink
 
-from .signals import Signal, SignalMap, Table
+from .signals import Signal, SignalMap, SignalsAndDevices, Table
 
 STATUS_COLUMNS = ["signal", "value", "unit", "dir", "setpoint", "limits", "safe", "channel", "error"]
 
@@ -21,7 +21,7 @@ def status_rows(status: dict) -> list[dict]:
             for name, s in status["signals"].items()]
 
 
-class Node:
+class Node(SignalsAndDevices):
     """One board: `node["probe_bias"].ramp(-80)`, `node.langmuir.density()`, `node.status()`, `node.safe()`.
 
     It reaches the node's runtime wherever the state directory says it listens now, so a
@@ -32,6 +32,7 @@ class Node:
         self.rig = rig
         self.name = name
         self.kind = rig.node(name).kind
+        self.what = f"node {name!r}"
         self.link = RuntimeLink(name, directory, client=client or f"kernel-{name}")
         specs = rig.signals_of(name)
         self.signals = SignalMap({n: Signal(n, spec, lambda: self.link.client, self.link.aclient)
@@ -49,28 +50,6 @@ class Node:
     @property
     def endpoint(self) -> str:
         return self.link.endpoint
-
-    def __getitem__(self, name: str) -> Signal:
-        return self.signals[name]
-
-    def __getattr__(self, name: str):
-        devices = self.__dict__.get("devices", {})
-        if name in devices:
-            return devices[name]
-        raise AttributeError(f"node {self.__dict__.get('name')!r} has no attribute or device {name!r}"
-                             + (f"; devices: {', '.join(devices)}" if devices else ""))
-
-    def __dir__(self):
-        return list(super().__dir__()) + list(self.devices)
-
-    def read(self, name: str) -> float:
-        return self.client.read(name)
-
-    def write(self, name: str, value: float) -> float:
-        return self.client.write(name, value)
-
-    def ramp(self, name: str, target: float, rate: float | None = None) -> dict:
-        return self.signals[name].ramp(target, rate)
 
     def ramps(self) -> list[dict]:
         return self.client.ramps()

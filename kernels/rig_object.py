@@ -24,7 +24,7 @@ from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
 from labrig.supervisor.runtime.locate import RuntimeLink, runtime_record
 from labrig.supervisor.state import read_state
 
-from .signals import Signal, SignalMap, Table
+from .signals import Signal, SignalMap, SignalsAndDevices, Table
 
 
 class RemoteError(LabrigError):
@@ -216,12 +216,13 @@ class Heartbeats:
             self._subscriber.close()
 
 
-class Machine:
+class Machine(SignalsAndDevices):
     """The whole machine (`rig` in the supervisor kernel)."""
 
     def __init__(self, rig: Rig, directory: Path, *, timeout: float = 2.0):
         self.spec = rig
         self.name = rig.name
+        self.what = f"rig {rig.name!r}"
         self.directory = Path(directory)
         self.heartbeats = Heartbeats(rig, self.directory)
         self.nodes = {name: NodeLink(rig, name, self.directory, self.heartbeats, timeout=timeout)
@@ -236,28 +237,6 @@ class Machine:
 
     def _aclient_for(self, node):
         return lambda: self.nodes[node].aruntime()
-
-    def __getitem__(self, name: str) -> Signal:
-        return self.signals[name]
-
-    def __getattr__(self, name: str):
-        devices = self.__dict__.get("devices", {})
-        if name in devices:
-            return devices[name]
-        raise AttributeError(f"rig has no attribute or device {name!r}"
-                             + (f"; devices: {', '.join(devices)}" if devices else ""))
-
-    def __dir__(self):
-        return list(super().__dir__()) + list(self.devices)
-
-    def read(self, name: str) -> float:
-        return self.signals[name].read()
-
-    def write(self, name: str, value: float) -> float:
-        return self.signals[name].write(value)
-
-    def ramp(self, name: str, target: float, rate: float | None = None) -> dict:
-        return self.signals[name].ramp(target, rate)
 
     def status(self) -> Table:
         """Every node: runtime and kernel online or offline, heartbeat age, trips."""

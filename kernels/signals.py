@@ -102,6 +102,40 @@ class SignalMap(Mapping[str, Signal]):
         return f"<{len(self)} signals of {self._where}: {', '.join(self._signals)}>"
 
 
+class SignalsAndDevices:
+    """Signals by name (`x["langmuir_I"]`) and devices as attributes (`x.langmuir.density()`).
+
+    The base of `node` (one board) and `rig` (the whole machine): subclasses set
+    `signals` (a SignalMap), `devices` (name -> device) and `what` (for messages).
+    """
+
+    signals: SignalMap
+    devices: dict
+    what: str = ""
+
+    def __getitem__(self, name: str) -> Signal:
+        return self.signals[name]
+
+    def __getattr__(self, name: str):
+        devices = self.__dict__.get("devices", {})
+        if name in devices:
+            return devices[name]
+        raise AttributeError(f"{self.__dict__.get('what', type(self).__name__)} has no attribute or device {name!r}"
+                             + (f"; devices: {', '.join(devices)}" if devices else ""))
+
+    def __dir__(self):
+        return list(super().__dir__()) + list(self.devices)
+
+    def read(self, name: str) -> float:
+        return self.signals[name].read()
+
+    def write(self, name: str, value: float) -> float:
+        return self.signals[name].write(value)
+
+    def ramp(self, name: str, target: float, rate: float | None = None) -> dict:
+        return self.signals[name].ramp(target, rate)
+
+
 def status_table_html(rows: list[dict[str, Any]], columns: list[str]) -> str:
     head = "".join(f"<th>{c}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
