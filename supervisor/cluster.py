@@ -167,9 +167,12 @@ def _start(rig: Rig, directory: Path, *, sim: bool, broker: str | None, kernels:
             names = [*rig.nodes, SUPERVISOR]
             files = _connection_files(directory / "kernels", names)
             kprocs = {}
-            for name in names:
+            offsets = {}
+
+            def start_kernel(name: str) -> subprocess.Popen:
                 node = None if name == SUPERVISOR else name
                 args = kernel_command(files[name], str(rig.path), directory, node=node, sim=sim)
+                offsets[name] = _log_size(log_dir / f"kernel-{name}.log")  # what this start writes comes after
                 proc = _spawn(args, name=f"kernel-{name}", log_dir=log_dir, directory=directory, nice=KERNEL_NICE)
                 kprocs[name] = proc
                 entry = {"kernel_pid": proc.pid, "kernel_cmd": _marker(args), "connection_file": str(files[name]),
@@ -178,8 +181,21 @@ def _start(rig: Rig, directory: Path, *, sim: bool, broker: str | None, kernels:
                     record["nodes"][node].update(entry)
                 else:
                     record["supervisor"] = entry
-            write_state(STATE_NAME, record, directory)
-            _wait_kernels({n: (kprocs[n], files[n]) for n in names}, log_dir, deadline)
+                write_state(STATE_NAME, record, directory)
+                return proc
+
+            def restart_kernel(name: str) -> subprocess.Popen:
+                """ipykernel picks its heartbeat port by binding and releasing it: another process can
+                take it before the kernel binds it again. Start that kernel afresh, with fresh ports."""
+                old = kprocs[name]
+                old.kill()
+                old.wait(5)
+                _connection_files(directory / "kernels", [name])
+                return start_kernel(name), offsets[name]
+
+            for name in names:
+                start_kernel(name)
+            _wait_kernels({n: (kprocs[n], files[n], offsets[n]) for n in names}, log_dir, deadline, restart_kernel)
     except BaseException as exc:  # Ctrl-C included: leave nothing half-started behind
         stop_cluster(directory, _locked=True)
         if isinstance(exc, ClusterError):
@@ -272,19 +288,23 @@ def _wait_runtimes(procs: dict[str, subprocess.Popen], directory: Path, deadline
 def _connection_files(folder: Path, names: list[str]) -> dict[str, Path]:
     """One kernel connection file per name: loopback TCP, a fresh random HMAC key, owner-only.
 
-    The ports are left at 0: each kernel binds free ports itself and writes them back
-    into its file, so no other process can take a port between choosing and binding it.
+    The ports are 0: each kernel binds free ports itself and writes them back into its
+    file, so no other process can take a port between choosing and binding it.
+    (jupyter_client's write_connection_file would choose them here, by binding and
+    releasing: exactly that race.)
     """
-    from jupyter_client.connect import write_connection_file
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     files = {}
     for name in names:
         path = folder / f"{name}.json"
         path.unlink(missing_ok=True)
-        write_connection_file(str(path), ip="127.0.0.1", transport="tcp", key=secrets.token_hex(32).encode(),
-                              signature_scheme="hmac-sha256", kernel_name=f"labrig-{name}",
-                              shell_port=0, iopub_port=0, stdin_port=0, control_port=0, hb_port=0)
+        info = {"ip": "127.0.0.1", "transport": "tcp", "key": secrets.token_hex(32),
+                "signature_scheme": "hmac-sha256", "kernel_name": f"labrig-{name}",
+                "shell_port": 0, "iopub_port": 0, "stdin_port": 0, "control_port": 0, "hb_port": 0}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(info, fh, indent=1)
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:  # the key lets anyone who reads it run code as us
             raise ClusterError(f"kernel connection file {path} has mode {mode:o}; it must be 0600")
@@ -301,19 +321,45 @@ def _bound_ports(path: Path) -> bool:
     return all(info.get(k) for k in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port"))
 
 
-def _wait_kernels(kernels: dict[str, tuple[subprocess.Popen, Path]], log_dir: Path, deadline: float) -> None:
-    """Wait (bounded) until every kernel answers a signed kernel_info request on its shell channel."""
+PORT_LOST = "Address already in use"
+KERNEL_RESTARTS = 3
+
+
+def _wait_kernels(kernels: dict[str, tuple[subprocess.Popen, Path, int]], log_dir: Path, deadline: float,
+                  restart) -> None:
+    """Wait (bounded) until every kernel answers a signed kernel_info request on its shell channel.
+
+    `kernels` maps a name to (process, connection file, size of its log before it started).
+    A kernel that lost a port to another process (its log says so) is started again by
+    `restart(name) -> (process, log size)`, at most KERNEL_RESTARTS times; any other
+    failure is reported.
+    """
     import zmq
     from jupyter_client.blocking import BlockingKernelClient
     from queue import Empty
     ctx = zmq.Context.instance()
     clients: dict[str, BlockingKernelClient] = {}
+    log_start = {name: offset for name, (_, _, offset) in kernels.items()}
+    kernels = {name: (proc, path) for name, (proc, path, _) in kernels.items()}
+    started = {name: time.monotonic() for name in kernels}
+    restarts = dict.fromkeys(kernels, 0)
     try:
         asked: dict[str, float] = {}
         pending = set(kernels)
         while pending:
             for name in sorted(pending):
                 proc, path = kernels[name]
+                log = log_dir / f"kernel-{name}.log"
+                stuck = proc.poll() is not None or time.monotonic() - started[name] > 5.0
+                if stuck and restarts[name] < KERNEL_RESTARTS and PORT_LOST in _log_since(log, log_start[name]):
+                    if name in clients:
+                        clients.pop(name).stop_channels()
+                    restarts[name] += 1
+                    proc, log_start[name] = restart(name)
+                    kernels[name] = (proc, path)
+                    started[name] = time.monotonic()
+                    asked.pop(name, None)
+                    continue
                 if name not in clients:
                     if not _bound_ports(path):
                         if proc.poll() is not None:
@@ -350,6 +396,22 @@ def _wait_kernels(kernels: dict[str, tuple[subprocess.Popen, Path]], log_dir: Pa
     finally:
         for kc in clients.values():
             kc.stop_channels()
+
+
+def _log_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _log_since(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 # ---------------------------------------------------------------- stop

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import signal
 import stat
 import subprocess
@@ -192,3 +193,44 @@ def test_a_part_that_fails_is_named_with_its_log_and_the_rest_is_stopped(tmp_pat
     assert left == []
     assert sorted(p.name for p in state.glob("*.json")) == []
     assert cl.stop_cluster(state) == []
+
+
+def _dying_kernel(tmp_path, message):
+    from labrig.supervisor.processes import spawn
+    code = f"import sys; print({message!r}, flush=True); sys.exit(1)"
+    return spawn(["-c", code], name="kernel-k", log_dir=tmp_path / "logs")
+
+
+def test_a_kernel_that_lost_its_port_is_started_again(tmp_path):
+    """ipykernel binds and releases its heartbeat port before binding it for good: a race we cannot close."""
+    from labrig.supervisor.cluster import _connection_files, _wait_kernels
+    from labrig.supervisor.processes import spawn
+    files = _connection_files(tmp_path / "kernels", ["k"])
+    first = _dying_kernel(tmp_path, "zmq.error.ZMQError: Address already in use (addr='tcp://127.0.0.1:1')")
+    started = []
+
+    def restart(name):
+        _connection_files(tmp_path / "kernels", [name])
+        offset = (tmp_path / "logs" / "kernel-k.log").stat().st_size
+        proc = spawn(["-m", "ipykernel_launcher", "-f", str(files[name])], name="kernel-k", log_dir=tmp_path / "logs")
+        started.append(proc)
+        return proc, offset
+    try:
+        _wait_kernels({"k": (first, files["k"], 0)}, tmp_path / "logs", time.monotonic() + 60, restart)
+        assert len(started) == 1  # restarted once, and the new kernel answered
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait(5)
+        first.wait(5)
+
+
+def test_a_kernel_that_fails_otherwise_is_reported_not_restarted(tmp_path):
+    from labrig.supervisor.cluster import ClusterError, _connection_files, _wait_kernels
+    files = _connection_files(tmp_path / "kernels", ["k"])
+    first = _dying_kernel(tmp_path, "ImportError: no module named labrig.kernels.nope")
+    restarted = []
+    with pytest.raises(ClusterError, match="(?s)kernel 'k' exited with code 1.*ImportError"):
+        _wait_kernels({"k": (first, files["k"], 0)}, tmp_path / "logs", time.monotonic() + 30, restarted.append)
+    assert not restarted
+    first.wait(5)
