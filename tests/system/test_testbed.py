@@ -130,3 +130,21 @@ def test_status_then_down_leaves_nothing(ishtar_path, tmp_path):
     listening = {c.laddr.port for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
     assert not (ports & listening), f"ports still listening after sim down: {ports & listening}"
     assert "no simulated testbed" in labrig("sim", "status", env=env).stdout
+
+
+def test_sim_fault_injects_a_nan_sensor_and_clears_it(cli_testbed, ishtar):
+    import math
+    record, env = cli_testbed
+    with ishtar.open_driver("gauge1", sim=True, sim_state={"simulators": record}) as gauge:
+        assert math.isfinite(gauge.read("pressure"))
+        fault = labrig("sim", "fault", "sensor", "pressure", "nan", env=env)
+        assert fault.returncode == 0, fault.stderr
+        time.sleep(0.1)  # the world's next state message carries it
+        assert math.isnan(gauge.read("pressure"))
+        assert labrig("sim", "fault", "sensor", "pressure", "clear", env=env).returncode == 0
+        time.sleep(0.1)
+        assert math.isfinite(gauge.read("pressure"))
+    bad = labrig("sim", "fault", "sensor", "pressure", "melted", env=env)
+    assert bad.returncode == 2 and "allowed: stuck, nan, offset, clear" in bad.stderr
+    unknown = labrig("sim", "fault", "sensor", "pressur", "nan", env=env)
+    assert unknown.returncode == 2 and "unknown quantity 'pressur'" in unknown.stderr

@@ -38,11 +38,21 @@ def test_every_subpackage_is_discovered():
 
 
 def test_cli_help_on_every_command():
+    """Walk the whole command tree: every command and group answers --help with its usage."""
+    import typer
     from typer.testing import CliRunner
     from labrig.supervisor.cli import app
     runner = CliRunner()
-    for args in (["--help"], ["check", "--help"], ["sim", "--help"], ["sim", "up", "--help"],
-                 ["sim", "down", "--help"], ["sim", "status", "--help"], ["sim", "fault", "--help"]):
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, (args, result.output)
-        assert "Usage" in result.output
+
+    def walk(command, path):
+        yield path
+        for name, sub in getattr(command, "commands", {}).items():  # a group's sub-commands
+            yield from walk(sub, path + [name])
+    paths = list(walk(typer.main.get_command(app), []))
+    for expected in (["up"], ["status"], ["down"], ["check"], ["logs"], ["sim", "up"], ["node", "serve"],
+                     ["node", "install"], ["kernel", "install"], ["keys", "generate"]):
+        assert expected in paths
+    for path in paths:
+        result = runner.invoke(app, path + ["--help"])
+        assert result.exit_code == 0, (path, result.output)
+        assert "Usage" in result.output, path
