@@ -289,6 +289,9 @@ def _ramp(ard: RuntimeClient, cluster: Cluster) -> dict:
     """Start probe_bias's ramp in the runtime, from where the world shows it at its start value."""
     ard.write("probe_bias", RAMP["start"])
     wait_for(lambda: cluster.world()["probe_bias"] == RAMP["start"], 3, "probe_bias at -100 V before the ramp")
+    # settle longer than the 0.2 s of history kept before the start: the world's snapshot can show the
+    # new value a publish period before its state stream does, and both runs must start from -100 V
+    time.sleep(0.3)
     ramp = ard.ramp("probe_bias", RAMP["target"], RAMP["rate"])
     assert ramp["start"] == RAMP["start"] and ramp["state"] == "running"
     return ramp
