@@ -20,6 +20,7 @@ import pytest
 from labrig.drivers.errors import ConfigError, LinkClosed, LinkError
 from labrig.supervisor.broker import broker_alive, free_port, mosquitto_binary, start_broker, stop_broker
 from labrig.supervisor.mqtt import BrokerRefused, MqttPublisher, MqttSubscriber, topic
+from support import eventually
 
 needs_mosquitto = pytest.mark.skipif(mosquitto_binary() is None,
                                      reason="mosquitto is not installed (apt install mosquitto)")
@@ -139,7 +140,6 @@ def test_publish_subscribe_round_trip(mosquitto):
 DOOMED = """
 import sys, time
 from labrig.supervisor.mqtt import MqttPublisher
-from support import eventually
 url, status = sys.argv[1], sys.argv[2]
 pub = MqttPublisher(url, client_id="doomed", will=(status, b"offline", True), keepalive=2)
 assert pub.wait_connected(5), "not connected"
