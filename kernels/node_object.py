@@ -1,6 +1,7 @@
 """`node`: one board, as its node kernel shows it. Signals by name, devices, status, safe."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from labrig.drivers.errors import LabrigError
@@ -58,6 +59,13 @@ class Node(SignalsAndDevices):
         status = self.client.status()
         return Table(status_rows(status), STATUS_COLUMNS, title=f"node {self.name} ({self.kind}, {status['url']})",
                      data=status)
+
+    def audit(self, count: int = 20) -> Table:
+        """The latest writes, ramps and safe states on this board: who, what, and whether it was done."""
+        entries = self.client.audit(count)
+        rows = [{**e, "time": time.strftime("%H:%M:%S", time.localtime(e["t"]))} for e in entries]
+        return Table(rows, ["time", "op", "signal", "value", "outcome", "client", "user", "detail"],
+                     title=f"audit of node {self.name}", data=entries)
 
     def safe(self) -> dict:
         """Drive this node's outputs to their safe values now; returns what happened per output."""

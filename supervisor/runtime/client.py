@@ -111,7 +111,10 @@ class _Base:
 
         def configure(self, **args):
             return call(self, "configure", **args)
-        return ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure
+
+        def audit(self, count: int = 50):
+            return call(self, "audit", count=count)
+        return ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure, audit
 
 
 class RuntimeClient(_Base):
@@ -163,7 +166,7 @@ class RuntimeClient(_Base):
             self._sock.close(0)
             self._sock = None
 
-    ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure = _Base._ops(
+    ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure, audit = _Base._ops(
         lambda self, op, **args: self.call(op, **args))
 
     def close(self):
@@ -213,7 +216,7 @@ class AsyncRuntimeClient(_Base):
                 self._sock = None
                 raise self._unavailable(op) from None
 
-    ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure = _Base._ops(
+    ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure, audit = _Base._ops(
         lambda self, op, **args: self.call(op, **args))
 
     def close(self):

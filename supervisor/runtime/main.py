@@ -77,7 +77,8 @@ def serve_node(rig_path: str, node: str, *, sim: bool = False, directory: Path |
     driver = rig.open_driver(node, sim=sim, sim_state=sim_state)
     try:
         runtime = NodeRuntime(rig, node, driver, bind=bind, port=port, curve_secret_key=secret,
-                              curve_public_key=public, publish=publish)
+                              curve_public_key=public, publish=publish,
+                              audit_path=directory / "audit" / f"{node}.jsonl")
     except Exception:
         driver.close()
         if publisher:

@@ -21,6 +21,10 @@ Operations (args):
     safe        ()                        -> {output: {"ok", "value", "error"}}
     status      ()                        -> node, signals (value, unit, limits, ...), ramps, telemetry
     configure   (telemetry: {signal: rate_hz})  -> the telemetry rates now in force
+    audit       (count=50)                -> the latest audit entries (see audit.py)
+
+Every write, ramp, stop_ramp and safe is recorded in the runtime's audit journal,
+with its client, user and outcome, refusals included.
 
 Errors travel by type name and are raised again on the client side as the same
 class from labrig.drivers.errors.
@@ -33,7 +37,7 @@ from typing import Any
 
 from labrig.drivers import errors
 
-OPS = ("ping", "read", "read_many", "write", "ramp", "ramps", "stop_ramp", "safe", "status", "configure")
+OPS = ("ping", "read", "read_many", "write", "ramp", "ramps", "stop_ramp", "safe", "status", "configure", "audit")
 
 _ERROR_TYPES = {name: getattr(errors, name) for name in dir(errors)
                 if isinstance(getattr(errors, name), type) and issubclass(getattr(errors, name), Exception)}

@@ -16,15 +16,17 @@ import queue
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import zmq
 
 from labrig.drivers.contract import Driver
-from labrig.drivers.errors import ConfigError, LabrigError
+from labrig.drivers.errors import ConfigError, LabrigError, RangeError
 
 from ..rig import Rig
 from . import protocol
+from .audit import AuditJournal
 from .envelope import Envelope
 from .ramps import Ramp, RampEngine
 from .telemetry import TelemetrySampler
@@ -47,7 +49,7 @@ def is_loopback(host: str) -> bool:
 class NodeRuntime:
     def __init__(self, rig: Rig, node: str, driver: Driver, *, bind: str = "127.0.0.1", port: int = 0,
                  curve_secret_key: bytes | None = None, curve_public_key: bytes | None = None,
-                 publish: Callable[[str, Any, bool], None] | None = None):
+                 publish: Callable[[str, Any, bool], None] | None = None, audit_path: Path | None = None):
         if not is_loopback(bind) and not curve_secret_key:
             raise ConfigError(f"refusing to bind node {node!r} to {bind}: another interface than loopback needs "
                               "CurveZMQ keys (labrig keys generate DIR, then --curve-keys DIR), so that no one "
@@ -59,6 +61,7 @@ class NodeRuntime:
         self.envelope = Envelope(node, rig.signals_of(node))
         self.started = time.time()
         self._publish = publish or (lambda topic, payload, retain: None)
+        self.audit = AuditJournal(audit_path, node=node, publish=lambda entry: self._publish("audit", entry, False))
         self.clients: dict[str, float] = {}
         self.setpoints: dict[str, float] = {}
         self._init_setpoints()
@@ -169,14 +172,35 @@ class NodeRuntime:
                 if item is None:
                     return
                 identity, request = item
+                op, args = request["op"], request.get("args") or {}
                 try:
-                    result = self._handle_io(request["op"], request.get("args") or {}, request.get("client", ""))
+                    result = self._handle_io(op, args, request.get("client", ""))
                     reply = {"id": request.get("id"), "ok": True, "result": result}
+                    self._audit(request, "ok", result)
                 except Exception as exc:  # every failure is answered, typed
                     reply = protocol.error_reply(request.get("id"), exc)
+                    self._audit(request, "refused" if isinstance(exc, (ConfigError, RangeError)) else "failed",
+                                None, f"{type(exc).__name__}: {exc}")
                 out.send_multipart([identity, protocol.encode(reply)])
         finally:
             out.close(0)
+
+    AUDITED = ("write", "ramp", "stop_ramp", "safe")
+
+    def _audit(self, request: dict, outcome: str, result: Any, detail: str = "") -> None:
+        op = request.get("op")
+        if op not in self.AUDITED:
+            return
+        args = request.get("args") or {}
+        value = args.get("value", args.get("target"))
+        if op == "safe" and isinstance(result, dict):
+            failed = {k: v["error"] for k, v in result.items() if not v["ok"]}
+            outcome, detail = ("failed", f"not reached: {failed}") if failed else (outcome, detail)
+            value = {k: v["value"] for k, v in result.items()}
+        elif op == "ramp" and outcome == "ok":
+            detail = f"rate {args.get('rate')}"
+        self.audit.record(op, outcome=outcome, client=str(request.get("client", "")),
+                          user=str(request.get("user", "")), signal=args.get("signal"), value=value, detail=detail)
 
     # -- the socket loop ---------------------------------------------------
     def _answer(self, identity: bytes, reply: dict) -> None:
@@ -199,6 +223,9 @@ class NodeRuntime:
                 self.envelope.output(args.get("signal"))
                 ramp = self.ramps.stop(args["signal"])
                 result = ramp.as_dict() if ramp else None
+                self._audit(request, "ok", result)
+            elif op == "audit":
+                result = self.audit.recent(int(args.get("count", 50)))
             elif op == "configure":
                 rates = args.get("telemetry") or {}
                 for name in rates:
@@ -264,6 +291,7 @@ class NodeRuntime:
         self._work.put((URGENT, -1, None))
         self._worker.join(3)
         self._publish("status", "offline", True)
+        self.audit.close()
         self.driver.close()
         self.router.close(0)
         self.replies.close(0)

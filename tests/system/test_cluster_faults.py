@@ -178,6 +178,11 @@ def test_killed_runtime_goes_offline_its_board_goes_safe_and_a_restart_rejoins(c
             if state == "offline":
                 offline_after = time.monotonic() - killed
     print(f"\nard1 runtime killed: supervisor offline after {offline_after} s, board safe after {safe_after} s")
+    # the audit journal on disk holds every write the runtime confirmed before it died
+    from labrig.supervisor.runtime.audit import read_journal
+    journal = read_journal(cluster.dir / "audit" / f"{NODE}.jsonl")
+    confirmed = [(e["op"], e["signal"], e["value"], e["outcome"]) for e in journal]
+    assert ("write", "probe_bias", -50.0, "ok") in confirmed and ("write", "beacon", 1, "ok") in confirmed, confirmed
     # (a) the supervisor sees it within the heartbeat timeout plus one heartbeat period
     assert offline_after is not None and offline_after <= timeout + period
     # (b) nothing in labrig runs for ard1 now: the firmware watchdog alone took the outputs safe

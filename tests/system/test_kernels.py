@@ -72,6 +72,9 @@ def test_node_kernel_starts_its_runtime_and_shows_node(kernelspecs, testbed):
         assert "did you mean langmuir_I" in error
         out, result, error = run(kc, "%safe")
         assert "probe_bias" in out and "safe" in out
+        out, result, error = run(kc, "node.audit()")
+        assert error is None and "audit of node ard1" in result["text/plain"]
+        assert "kernel-ard1" in result["text/plain"] and "refused" not in result["text/plain"]
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -159,3 +159,26 @@ def test_node_install_writes_a_systemd_unit(ishtar_path, tmp_path):
     assert "Restart=on-failure" in unit and "Nice=-5" in unit
     bad = CliRunner().invoke(app, ["node", "install", str(ishtar_path), "plc9", "--output", str(tmp_path)])
     assert bad.exit_code == 2 and "did you mean plc1" in bad.output
+
+
+def test_every_write_ramp_refusal_and_safe_state_is_in_the_audit_journal(runtime, testbed):
+    from labrig.supervisor.runtime.audit import read_journal
+    with RuntimeClient(runtime["endpoint"], node="ard1", client="notebook-7") as ard:
+        ard.write("probe_bias", -10.0)
+        ard.ramp("probe_bias", -12.0, rate=50.0)
+        with pytest.raises(RangeError):
+            ard.write("probe_bias", 99.0)
+        ard.safe()
+        entries = ard.audit(count=10)
+    ops = [(e["op"], e["signal"], e["value"], e["outcome"]) for e in entries]
+    assert ("write", "probe_bias", -10.0, "ok") in ops
+    assert ("ramp", "probe_bias", -12.0, "ok") in ops
+    assert ("write", "probe_bias", 99.0, "refused") in ops
+    assert any(op == "safe" and outcome == "ok" for op, _, _, outcome in ops)
+    refused = next(e for e in entries if e["outcome"] == "refused")
+    assert "outside its limits [-100, 50]" in refused["detail"]
+    assert all(e["client"] == "notebook-7" and e["user"] and e["node"] == "ard1" for e in entries)
+    # on disk, in order, whatever happens to the runtime next
+    on_disk = read_journal(Path(testbed["state_dir"]) / "audit" / "ard1.jsonl")
+    assert [e["t"] for e in on_disk] == sorted(e["t"] for e in on_disk)
+    assert [(e["op"], e["value"]) for e in on_disk[-4:]] == [(e["op"], e["value"]) for e in entries[-4:]]
