@@ -67,6 +67,14 @@ class Node(SignalsAndDevices):
         return Table(rows, ["time", "op", "signal", "value", "outcome", "client", "user", "detail"],
                      title=f"audit of node {self.name}", data=entries)
 
+    def trips(self) -> list[dict]:
+        """This board's latched trips: which interlock, why, the values, what was driven safe."""
+        return self.client.trips()
+
+    def rearm(self, interlock: str) -> dict:
+        """Re-arm a tripped interlock; refused while its condition still fails."""
+        return self.client.rearm(interlock)
+
     def safe(self) -> dict:
         """Drive this node's outputs to their safe values now; returns what happened per output."""
         return self.client.safe()

@@ -132,8 +132,12 @@ class NodeLink:
                     online = True
                 except LabrigError:
                     pass
+        trips = self._heartbeats.trips(self.name) if self._heartbeats.live else []
+        if online and not self._heartbeats.live:
+            trips = [t["interlock"] for t in self.runtime.call("trips", timeout=0.5)]
         return {"node": self.name, "kind": self.kind, "runtime": "online" if online else "offline",
                 "kernel": "online" if self.kernel_alive() else "offline", "heartbeat_age": age,
+                "trips": ", ".join(trips),
                 "pid": record["pid"] if record else None, "endpoint": record["endpoint"] if record else None}
 
     def status(self) -> dict:
@@ -165,6 +169,7 @@ class Heartbeats:
 
     def __init__(self, rig: Rig, directory: Path):
         self._last: dict[str, float] = {}
+        self._trips: dict[str, list[str]] = {}
         self._online: dict[str, str] = {}
         self._subscriber = None
         from labrig.supervisor.broker import broker_alive
@@ -193,7 +198,9 @@ class Heartbeats:
         node, kind = parts[2], parts[3]
         if kind == "heartbeat":
             try:
-                self._last[node] = float(json.loads(payload)["t"])
+                beat = json.loads(payload)
+                self._last[node] = float(beat["t"])
+                self._trips[node] = list(beat.get("trips", []))
             except (ValueError, KeyError, TypeError):
                 pass
         elif kind == "status":
@@ -206,6 +213,10 @@ class Heartbeats:
 
     def last(self, node: str) -> float | None:
         return self._last.get(node)
+
+    def trips(self, node: str) -> list[str]:
+        """The node's latched trips, as its last heartbeat said."""
+        return self._trips.get(node, [])
 
     def state(self, node: str) -> str | None:
         """The node's retained status: "online", or "offline" (its clean exit or its last will)."""
@@ -242,10 +253,17 @@ class Machine(SignalsAndDevices):
         """Every node: runtime and kernel online or offline, heartbeat age, trips."""
         with ThreadPoolExecutor(len(self.nodes)) as pool:
             rows = list(pool.map(lambda link: link.health(), self.nodes.values()))
-        for row in rows:
-            row["trips"] = ""
         return Table(rows, ["node", "kind", "runtime", "kernel", "heartbeat_age", "trips", "endpoint"],
                      title=f"rig {self.name}", data={r["node"]: r for r in rows})
+
+    def rearm(self, interlock: str) -> dict:
+        """Re-arm a tripped interlock on the node that holds it; refused while its condition fails."""
+        lock = self.spec.interlocks.get(interlock)
+        if lock is None:
+            raise KeyError(f"rig {self.name!r} has no interlock {interlock!r}; "
+                           f"known: {', '.join(self.spec.interlocks)}")
+        node = self.spec.signal(lock.outputs[0]).node
+        return self.nodes[node].runtime.rearm(interlock)
 
     def safe(self) -> dict[str, Any]:
         """Drive every node safe at once. Never raises: an unreachable node is reported, not skipped silently."""

@@ -114,7 +114,13 @@ class _Base:
 
         def audit(self, count: int = 50):
             return call(self, "audit", count=count)
-        return ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure, audit
+
+        def trips(self):
+            return call(self, "trips")
+
+        def rearm(self, interlock: str):
+            return call(self, "rearm", interlock=interlock)
+        return ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure, audit, trips, rearm
 
 
 class RuntimeClient(_Base):
@@ -166,7 +172,8 @@ class RuntimeClient(_Base):
             self._sock.close(0)
             self._sock = None
 
-    ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure, audit = _Base._ops(
+    (ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure, audit, trips,
+     rearm) = _Base._ops(
         lambda self, op, **args: self.call(op, **args))
 
     def close(self):
@@ -216,7 +223,8 @@ class AsyncRuntimeClient(_Base):
                 self._sock = None
                 raise self._unavailable(op) from None
 
-    ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure, audit = _Base._ops(
+    (ping, read, read_many, write, ramp, ramps, stop_ramp, safe, status, configure, audit, trips,
+     rearm) = _Base._ops(
         lambda self, op, **args: self.call(op, **args))
 
     def close(self):

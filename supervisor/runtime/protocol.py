@@ -22,6 +22,8 @@ Operations (args):
     status      ()                        -> node, signals (value, unit, limits, ...), ramps, telemetry
     configure   (telemetry: {signal: rate_hz})  -> the telemetry rates now in force
     audit       (count=50)                -> the latest audit entries (see audit.py)
+    trips       ()                        -> the latched trips of this node's own interlocks
+    rearm       (interlock)               -> re-arm a tripped interlock; refused while its condition fails
 
 Every write, ramp, stop_ramp and safe is recorded in the runtime's audit journal,
 with its client, user and outcome, refusals included.
@@ -37,7 +39,8 @@ from typing import Any
 
 from labrig.drivers import errors
 
-OPS = ("ping", "read", "read_many", "write", "ramp", "ramps", "stop_ramp", "safe", "status", "configure", "audit")
+OPS = ("ping", "read", "read_many", "write", "ramp", "ramps", "stop_ramp", "safe", "status", "configure", "audit", "trips",
+       "rearm")
 
 _ERROR_TYPES = {name: getattr(errors, name) for name in dir(errors)
                 if isinstance(getattr(errors, name), type) and issubclass(getattr(errors, name), Exception)}

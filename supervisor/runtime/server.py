@@ -22,12 +22,13 @@ from typing import Any, Callable
 import zmq
 
 from labrig.drivers.contract import Driver
-from labrig.drivers.errors import ConfigError, LabrigError, RangeError
+from labrig.drivers.errors import ConfigError, LabrigError, RangeError, Refused
 
 from ..rig import Rig
 from . import protocol
 from .audit import AuditJournal
 from .envelope import Envelope
+from .interlocks import InterlockWatch, Trip
 from .ramps import Ramp, RampEngine
 from .telemetry import TelemetrySampler
 
@@ -87,6 +88,10 @@ class NodeRuntime:
         self._order = itertools.count()
         self._stop = threading.Event()
         self.ramps = RampEngine(self._write_output)
+        own = set(self.envelope.signals)
+        local = {name: lock for name, lock in rig.interlocks.items()
+                 if set(lock.require.signals) <= own and set(lock.outputs) <= own}
+        self.watch = InterlockWatch(local, self.driver.read, self._on_trip)
         rates = {name: sig.rate or self.spec.telemetry_rate for name, sig in self.envelope.signals.items()}
         self.telemetry = TelemetrySampler(self.driver.read, rates, lambda batch: self._publish("telemetry", batch, False),
                                           node=node)
@@ -120,15 +125,21 @@ class NodeRuntime:
         if op == "write":
             name = args.get("signal")
             value = self.envelope.check_value(name, args.get("value"))
+            self.watch.check_write(name, value, self.envelope.signals[name].safe)
             self.ramps.stop(name)  # a direct write ends a ramp on the same output
             return self._write_output(name, value)
         if op == "ramp":
             name = args.get("signal")
             target, rate = self.envelope.check_ramp(name, args.get("target"), args.get("rate"))
+            self.watch.check_write(name, target, self.envelope.signals[name].safe)
             start = self.setpoints.get(name, 0.0)
             return self.ramps.start(Ramp(name, start, target, rate, client=client)).as_dict()
         if op == "safe":
             return self._safe_state()
+        if op == "rearm":
+            result = self.watch.rearm(args.get("interlock"))
+            self._publish("trips", {"node": self.node, "time": time.time(), "trips": self.watch.trips()}, True)
+            return result
         if op == "status":
             return self._status()
         raise ConfigError(f"unknown operation {op!r}; allowed: {', '.join(protocol.OPS)}")
@@ -155,7 +166,7 @@ class NodeRuntime:
                 entry["setpoint"] = self.setpoints.get(name)
             signals[name] = entry
         return {**self._identity(), "kind": self.spec.kind, "url": self.driver.url, "signals": signals,
-                "ramps": self.ramps.states(), "trips": [], "clients": dict(self.clients),
+                "ramps": self.ramps.states(), "trips": self.watch.trips(), "clients": dict(self.clients),
                 "telemetry": {"rates": dict(self.telemetry.rates), **self.telemetry.stats}}
 
     def _identity(self) -> dict[str, Any]:
@@ -179,20 +190,36 @@ class NodeRuntime:
                     self._audit(request, "ok", result)
                 except Exception as exc:  # every failure is answered, typed
                     reply = protocol.error_reply(request.get("id"), exc)
-                    self._audit(request, "refused" if isinstance(exc, (ConfigError, RangeError)) else "failed",
+                    self._audit(request, "refused" if isinstance(exc, (ConfigError, RangeError, Refused)) else "failed",
                                 None, f"{type(exc).__name__}: {exc}")
                 out.send_multipart([identity, protocol.encode(reply)])
         finally:
             out.close(0)
 
-    AUDITED = ("write", "ramp", "stop_ramp", "safe")
+    def _on_trip(self, trip: Trip) -> None:
+        """A local interlock failed: its outputs safe now, latched, audited, published (retained)."""
+        for name in trip.outputs:
+            self.ramps.stop(name)
+        for name in trip.outputs:
+            safe = self.envelope.signals[name].safe
+            try:
+                self._write_output(name, safe)
+                trip.safe[name] = {"ok": True, "value": safe}
+            except Exception as exc:  # reported with the trip; the device's own watchdog is the next layer
+                trip.safe[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        failed = [n for n, r in trip.safe.items() if not r["ok"]]
+        self.audit.record("trip", outcome="failed" if failed else "ok", client="runtime", user="",
+                          signal=",".join(trip.outputs), value=trip.values, detail=trip.reason)
+        self._publish("trips", {"node": self.node, "time": time.time(), "trips": self.watch.trips()}, True)
+
+    AUDITED = ("write", "ramp", "stop_ramp", "safe", "rearm")
 
     def _audit(self, request: dict, outcome: str, result: Any, detail: str = "") -> None:
         op = request.get("op")
         if op not in self.AUDITED:
             return
         args = request.get("args") or {}
-        value = args.get("value", args.get("target"))
+        value = args.get("value", args.get("target", args.get("interlock")))
         if op == "safe" and isinstance(result, dict):
             failed = {k: v["error"] for k, v in result.items() if not v["ok"]}
             outcome, detail = ("failed", f"not reached: {failed}") if failed else (outcome, detail)
@@ -231,7 +258,9 @@ class NodeRuntime:
                 for name in rates:
                     self.envelope.signal(name)
                 result = {"telemetry": self.telemetry.configure(rates)}
-            elif op in ("read", "read_many", "write", "ramp", "status", "safe"):
+            elif op == "trips":
+                result = self.watch.trips()
+            elif op in ("read", "read_many", "write", "ramp", "status", "safe", "rearm"):
                 if op == "safe":
                     self.ramps.stop_all("safe state requested")  # at once, before the queue
                 self._work.put((URGENT if op == "safe" else NORMAL, next(self._order), (identity, request)))
@@ -244,7 +273,8 @@ class NodeRuntime:
 
     def heartbeat(self) -> None:
         self._heartbeat_seq += 1
-        self._publish("heartbeat", {**self._identity(), "t": time.time(), "seq": self._heartbeat_seq}, True)
+        self._publish("heartbeat", {**self._identity(), "t": time.time(), "seq": self._heartbeat_seq,
+                                    "trips": [t["interlock"] for t in self.watch.trips()]}, True)
 
     def serve(self) -> None:
         """Serve until stop(); publishes a heartbeat every `heartbeat` seconds."""
@@ -281,6 +311,7 @@ class NodeRuntime:
 
     def close(self, *, safe: bool = True) -> None:
         """Stop ramps and telemetry, drive outputs safe (a stopped runtime leaves the board safe), close."""
+        self.watch.close()
         self.ramps.close()
         self.telemetry.close()
         if safe:

@@ -108,6 +108,13 @@ def test_supervisor_kernel_reads_every_signal_by_name(kernelspecs, testbed, isht
         assert "did you mean langmuir_I" in error
         out, result, error = run(kc, "rig['rf_power'].write(5000)")
         assert "RangeError" in error and "[0, 1200] W" in error
+        # RF into the empty vessel: the RedPitaya's own interlock trips it, the supervisor shows it
+        out, result, error = run(kc, "rig['rf_power'].write(400); time.sleep(1.0); rig.status()")
+        assert error is None and "rf_reflected_limit" in result["text/plain"], (error, result)
+        out, result, error = run(kc, "rig['rf_power'].write(100)")
+        assert error.startswith("Refused") and "re-arm it first" in error
+        out, result, error = run(kc, "rig.rearm('rf_reflected_limit')['rearmed']")
+        assert error is None and result["application/vnd.labrig.value+json"] is True
         out, result, error = run(kc, "%safe")
         assert error is None and "plc1" in out and "FAILED" not in out
     finally:

@@ -182,3 +182,58 @@ def test_every_write_ramp_refusal_and_safe_state_is_in_the_audit_journal(runtime
     on_disk = read_journal(Path(testbed["state_dir"]) / "audit" / "ard1.jsonl")
     assert [e["t"] for e in on_disk] == sorted(e["t"] for e in on_disk)
     assert [(e["op"], e["value"]) for e in on_disk[-4:]] == [(e["op"], e["value"]) for e in entries[-4:]]
+
+
+@pytest.fixture
+def rp1(testbed, ishtar_path):
+    """The RedPitaya node's runtime in a thread of this process, on the module's testbed."""
+    directory = Path(testbed["state_dir"])
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=serve_node, args=(str(ishtar_path), "rp1"), name="runtime-rp1",
+                              kwargs=dict(sim=True, directory=directory, broker="none", ready=ready, stop=stop))
+    thread.start()
+    try:
+        assert ready.wait(15)
+        yield read_state("node-rp1", directory)
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def test_a_local_interlock_trips_latches_refuses_and_rearms_only_when_it_holds(rp1, testbed, ishtar):
+    from labrig.drivers.errors import Refused
+    control = testbed["world"]["endpoints"]["control"]
+    # the PLC grants the RF permit only while a host feeds its watchdog word: its driver does
+    with ishtar.open_driver("plc1", sim=True, sim_state=testbed) as plc, \
+            RuntimeClient(rp1["endpoint"], node="rp1", client="operator") as rp:
+        assert eventually(lambda: plc.read("rf_permit") == 1, timeout=3)
+        assert rp.trips() == []
+        # RF into an empty vessel: nothing absorbs it, the matching network reflects most of it
+        assert world(testbed, "gas_valve") == 0.0
+        rp.write("rf_power", 400.0)
+        trips = eventually(rp.trips, timeout=2)
+        assert trips and trips[0]["interlock"] == "rf_reflected_limit", trips
+        assert trips[0]["values"]["rf_reflected"] >= 300 and trips[0]["safe"]["rf_power"]["ok"]
+        assert eventually(lambda: world(testbed, "rf_drive") == 0.0, timeout=2)  # the RF drive went to 0
+        with pytest.raises(Refused, match="interlock rf_reflected_limit tripped.*re-arm it first"):
+            rp.write("rf_power", 100.0)
+        assert rp.write("rf_power", 0.0) == 0.0  # the safe value is always allowed
+        # the condition still fails (a reflected-power reading stuck high): re-arm is refused, saying why
+        world_control(control, {"op": "fault", "kind": "sensor", "name": "rf_reflected", "mode": "offset",
+                                "value": 400.0})
+        try:
+            time.sleep(0.1)
+            with pytest.raises(Refused, match="cannot re-arm rf_reflected_limit: it still requires rf_reflected < 300"):
+                rp.rearm("rf_reflected_limit")
+        finally:
+            world_control(control, {"op": "fault", "kind": "sensor", "name": "rf_reflected", "mode": "clear"})
+        time.sleep(0.1)
+        assert rp.rearm("rf_reflected_limit")["rearmed"] is True
+        assert rp.trips() == []
+        assert rp.write("rf_power", 20.0) == 20.0  # little enough to stay under the limit
+        rp.safe()
+        ops = [(e["op"], e["outcome"]) for e in rp.audit(20)]
+        assert ("trip", "ok") in ops and ("rearm", "refused") in ops and ("rearm", "ok") in ops
+        assert ops.count(("write", "refused")) >= 1
+    with pytest.raises(ConfigError, match="no interlock 'nope'"):
+        RuntimeClient(rp1["endpoint"], node="rp1").rearm("nope")
