@@ -109,7 +109,11 @@ def test_supervisor_kernel_reads_every_signal_by_name(kernelspecs, testbed, isht
         out, result, error = run(kc, "rig['rf_power'].write(5000)")
         assert "RangeError" in error and "[0, 1200] W" in error
         # RF into the empty vessel: the RedPitaya's own interlock trips it, the supervisor shows it
-        out, result, error = run(kc, "rig['rf_power'].write(400); time.sleep(1.0); rig.status()")
+        out, result, error = run(kc, "rig['rf_power'].write(400)\n"
+                                     "deadline = time.monotonic() + 5\n"
+                                     "while 'rf_reflected_limit' not in repr(rig.status()) and time.monotonic() < deadline:\n"
+                                     "    time.sleep(0.1)\n"
+                                     "rig.status()")
         assert error is None and "rf_reflected_limit" in result["text/plain"], (error, result)
         out, result, error = run(kc, "rig['rf_power'].write(100)")
         assert error.startswith("Refused") and "re-arm it first" in error
