@@ -20,6 +20,7 @@ import zmq
 from labrig.drivers.errors import LabrigError, NodeUnavailable
 from labrig.supervisor.devices import make_device
 from labrig.supervisor.rig import Rig
+from labrig.supervisor.safety import drive_safe
 from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
 from labrig.supervisor.runtime.locate import RuntimeLink, runtime_record
 from labrig.supervisor.state import read_state
@@ -267,13 +268,7 @@ class Machine(SignalsAndDevices):
 
     def safe(self) -> dict[str, Any]:
         """Drive every node safe at once. Never raises: an unreachable node is reported, not skipped silently."""
-        def one(link):
-            try:
-                return link.name, link.safe()
-            except LabrigError as exc:
-                return link.name, {"error": f"{type(exc).__name__}: {exc}"}
-        with ThreadPoolExecutor(len(self.nodes)) as pool:
-            return dict(pool.map(one, self.nodes.values()))
+        return drive_safe({name: link.link for name, link in self.nodes.items()})
 
     def close(self):
         for link in self.nodes.values():

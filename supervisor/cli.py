@@ -225,6 +225,32 @@ def node_install(rig: Path = RigArg,
 
 @app.command()
 @friendly
+def safe(state_dir: Optional[Path] = StateOpt,
+         timeout: float = typer.Option(2.0, help="How long to wait for each node, s.")):
+    """Emergency stop: drive every running node's outputs to their safe values at once."""
+    from .safety import emergency_stop, failures
+    results = emergency_stop(_state(state_dir), timeout=timeout)
+    if not results:
+        err.print("labrig: no node runtime is running here; nothing to drive safe", style="red", markup=False)
+        raise typer.Exit(1)
+    table = Table(title="safe state", title_justify="left")
+    for col in ("node", "outputs safe", "not reached"):
+        table.add_column(col)
+    bad = failures(results)
+    for node, result in results.items():
+        if "error" in result and isinstance(result["error"], str):
+            table.add_row(node, "-", result["error"])
+            continue
+        ok = [f"{k}={v['value']:g}" for k, v in result.items() if v["ok"]]
+        table.add_row(node, ", ".join(ok), ", ".join(f"{k}: {v['error']}" for k, v in result.items() if not v["ok"]))
+    out.print(table)
+    if bad:
+        err.print(f"labrig: NOT everything is safe: {bad}", style="red", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def logs(name: str = typer.Argument(..., help="A node (its runtime's log), or sim-NODE, sim-world, broker."),
          lines: int = typer.Option(40, "-n", help="How many lines from the end."),
          state_dir: Optional[Path] = StateOpt):

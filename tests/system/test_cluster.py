@@ -126,6 +126,27 @@ def test_second_up_is_refused_while_one_runs(cluster):
     assert json.loads((cluster["state"] / "cluster.json").read_text()) == cluster["record"]
 
 
+def _world(cluster) -> dict:
+    from labrig.simulators.world import world_control
+    sim = json.loads((cluster["state"] / "sim.json").read_text())
+    return world_control(sim["world"]["endpoints"]["control"], {"op": "snapshot"})["state"]
+
+
+def test_labrig_safe_drives_every_node_safe_at_once(cluster):
+    from labrig.supervisor.runtime import RuntimeClient
+    nodes = cluster["record"]["nodes"]
+    for node, signal, value in (("ard1", "probe_bias", -50.0), ("pi1", "gas_flow", 10.0), ("plc1", "coil_enable", 1)):
+        with RuntimeClient(nodes[node]["endpoint"], node=node) as client:
+            client.write(signal, value)
+    wait_for(lambda: _world(cluster)["gas_valve"] == 0.2 and _world(cluster)["probe_bias"] < -49, 3, "outputs set")
+    result = labrig(cluster["state"], "safe")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for node in NODES:
+        assert node in result.stdout
+    world = _world(cluster)
+    assert world["gas_valve"] == 0.0 and abs(world["probe_bias"]) < 0.6 and world["rf_drive"] == 0.0
+
+
 def test_killed_runtime_shows_offline_the_rest_online(cluster):
     pid = cluster["record"]["nodes"]["ard1"]["pid"]
     os.kill(pid, signal.SIGKILL)
@@ -139,6 +160,15 @@ def test_killed_runtime_shows_offline_the_rest_online(cluster):
         assert st["nodes"][name]["runtime"] == "online" and st["nodes"][name]["kernel"] == "online", name
     table = labrig(cluster["state"], "status")
     assert table.returncode == 0 and "offline" in table.stdout
+
+
+def test_labrig_safe_names_a_node_it_cannot_reach_and_fails(cluster):
+    # ard1's runtime was killed by the test before: the others go safe, ard1 is named, exit 1
+    result = labrig(cluster["state"], "safe", "--timeout", "1")
+    assert result.returncode == 1
+    assert "NOT everything is safe" in result.stderr and "ard1" in result.stderr
+    assert "no runtime running" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_down_leaves_no_process_port_or_record(cluster):
