@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -309,6 +310,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="telemetry window per node count, s")
     parser.add_argument("--nodes", default="1,4,8", help="node counts of the telemetry figures")
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout, Ctrl-C from a supervisor) ends the run through its `finally` blocks,
+    # which stop the testbeds and clusters it started in their own sessions
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     counts = [int(x) for x in args.nodes.split(",") if x.strip()]
     with tempfile.TemporaryDirectory(prefix="labrig-bench-") as tmp:
         cluster_figures(args.n, Path(tmp))

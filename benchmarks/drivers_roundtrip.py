@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -112,6 +113,9 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=500, help="reads per bus")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # SIGTERM (a timeout, Ctrl-C from a supervisor) ends the run through its `finally` blocks,
+    # which stop the testbeds and clusters it started in their own sessions
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.echo_server:
         serve_echo()
         return 0
@@ -125,9 +129,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="labrig-bench-") as state:
         record = start_testbed(rig, directory=Path(state))
         try:
-            for bus, (node, signal) in READS.items():
+            for bus, (node, name) in READS.items():
                 with rig.open_driver(node, sim=True, sim_state=record) as drv:
-                    ours = timed(lambda: drv.read(signal), args.n)
+                    ours = timed(lambda: drv.read(name), args.n)
                 base = floor[TRANSPORT[bus]]
                 for q, label in ((50, "p50"), (99, "p99")):
                     o, b = percentile(ours, q), percentile(base, q)

@@ -1,9 +1,10 @@
 """Benchmarks run outside CI; here each runs once at a tiny size and must print well-formed figures."""
-import pytest
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 # whole clusters: the process-heavy modules run one at a time (scripts/test)
 pytestmark = pytest.mark.processes
@@ -13,9 +14,21 @@ FIGURE = re.compile(r"^figure: (\S+) ([0-9.eE+-]+) (\S+) baseline ([0-9.eE+-]+) 
 
 
 def run_benchmark(name, *args, timeout=120):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / name), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # SIGTERM first: the benchmark then stops the clusters it started (SIGKILL would orphan them)
+        proc.terminate()
+        try:
+            proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+        pytest.fail(f"{name} {' '.join(args)} did not finish within {timeout} s")
+    assert proc.returncode == 0, stderr
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     figures = {}
     for line in result.stdout.splitlines():
         match = FIGURE.match(line)
