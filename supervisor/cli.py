@@ -23,6 +23,8 @@ node_app = typer.Typer(help="Node runtimes: one process per board that owns its 
 app.add_typer(node_app, name="node")
 kernel_app = typer.Typer(help="Jupyter kernels: the supervisor and one per node.", no_args_is_help=True)
 app.add_typer(kernel_app, name="kernel")
+plc_app = typer.Typer(help="The PLC layer: what the real PLC program must implement.", no_args_is_help=True)
+app.add_typer(plc_app, name="plc")
 keys_app = typer.Typer(help="CurveZMQ keys for runtimes reached from other hosts.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -281,6 +283,47 @@ def kernel_install(rig: Path = RigArg,
     from labrig.kernels.install import install_kernelspecs
     names = install_kernelspecs(rig, prefix=prefix, state=_state(state_dir), sim=sim)
     out.print(f"installed kernelspecs: {', '.join(names)}")
+
+
+@plc_app.command("tags")
+@friendly
+def plc_tags(rig: Path = RigArg, as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
+    """Print the PLC tags and the interlock conditions the real PLC program must implement."""
+    from .plc import plc_program
+    from .rig import Rig
+    program = plc_program(Rig.load(rig))
+    if as_json:
+        out.print_json(json.dumps(program))
+        return
+    if not program["plcs"]:
+        out.print(f"rig {program['rig']} has no simatic node")
+    for node, plc in program["plcs"].items():
+        table = Table(title=f"PLC {node} ({plc['connection']}): tags", title_justify="left")
+        for col in ("signal", "address", "type", "dir", "unit", "limits", "safe"):
+            table.add_column(col)
+        for t in plc["tags"]:
+            limits = f"[{t['limits'][0]:g}, {t['limits'][1]:g}]" if t["limits"] else ""
+            table.add_row(t["signal"], t["address"], t["type"], t["direction"], t["unit"], limits,
+                          "" if t["safe"] is None else f"{t['safe']:g}")
+        wd = plc["watchdog"]
+        table.add_row("(watchdog word)", wd["address"], wd["type"], "in", "", "", "")
+        out.print(table)
+        out.print(f"watchdog: {wd['rule']}", markup=False)
+    table = Table(title="interlocks the PLC program implements on its own tags", title_justify="left")
+    for col in ("interlock", "PLC", "requires", "forces safe"):
+        table.add_column(col)
+    for lock in program["interlocks"]:
+        table.add_row(lock["interlock"], lock["plc"], lock["requires"], ", ".join(lock["forces_safe"]))
+    out.print(table)
+    if program["elsewhere"]:
+        table = Table(title="interlocks on signals the PLC does not have (node and supervisor layers; wire these "
+                            "signals to the PLC to add its layer)", title_justify="left")
+        for col in ("interlock", "requires", "forces safe", "signals not on a PLC"):
+            table.add_column(col)
+        for lock in program["elsewhere"]:
+            table.add_row(lock["interlock"], lock["requires"], ", ".join(lock["forces_safe"]),
+                          ", ".join(f"{s} ({n})" for s, n in lock["not_on_a_plc"].items()))
+        out.print(table)
 
 
 @keys_app.command("generate")

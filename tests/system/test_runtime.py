@@ -1,6 +1,7 @@
 """The node runtime against the simulated testbed, reached through its ZeroMQ client."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -184,20 +185,26 @@ def test_every_write_ramp_refusal_and_safe_state_is_in_the_audit_journal(runtime
     assert [(e["op"], e["value"]) for e in on_disk[-4:]] == [(e["op"], e["value"]) for e in entries[-4:]]
 
 
-@pytest.fixture
-def rp1(testbed, ishtar_path):
-    """The RedPitaya node's runtime in a thread of this process, on the module's testbed."""
+@contextlib.contextmanager
+def runtime_in_thread(node, testbed, ishtar_path):
+    """A node's runtime in a thread of this process, on the module's testbed; its state record."""
     directory = Path(testbed["state_dir"])
     ready, stop = threading.Event(), threading.Event()
-    thread = threading.Thread(target=serve_node, args=(str(ishtar_path), "rp1"), name="runtime-rp1",
+    thread = threading.Thread(target=serve_node, args=(str(ishtar_path), node), name=f"runtime-{node}",
                               kwargs=dict(sim=True, directory=directory, broker="none", ready=ready, stop=stop))
     thread.start()
     try:
         assert ready.wait(15)
-        yield read_state("node-rp1", directory)
+        yield read_state(f"node-{node}", directory)
     finally:
         stop.set()
         thread.join(10)
+
+
+@pytest.fixture
+def rp1(testbed, ishtar_path):
+    with runtime_in_thread("rp1", testbed, ishtar_path) as record:
+        yield record
 
 
 def test_a_local_interlock_trips_latches_refuses_and_rearms_only_when_it_holds(rp1, testbed, ishtar):
@@ -237,3 +244,28 @@ def test_a_local_interlock_trips_latches_refuses_and_rearms_only_when_it_holds(r
         assert ops.count(("write", "refused")) >= 1
     with pytest.raises(ConfigError, match="no interlock 'nope'"):
         RuntimeClient(rp1["endpoint"], node="rp1").rearm("nope")
+
+
+def test_the_plc_node_trips_the_coil_when_the_door_opens(testbed, ishtar_path):
+    from labrig.drivers.errors import Refused
+    control = testbed["world"]["endpoints"]["control"]
+    with runtime_in_thread("plc1", testbed, ishtar_path) as record, \
+            RuntimeClient(record["endpoint"], node="plc1", client="operator") as plc:
+        plc.write("coil_enable", 1)
+        plc.write("coil_current_set", 50.0)
+        assert eventually(lambda: world(testbed, "coil_current_cmd") == 50.0, timeout=3)
+        world_control(control, {"op": "set", "name": "door_closed", "value": 0})  # someone opens the door
+        try:
+            trips = eventually(plc.trips, timeout=3)
+            assert trips and trips[0]["interlock"] == "coil_needs_door_closed", trips
+            assert plc.read("coil_enable") == 0.0
+            assert eventually(lambda: world(testbed, "coil_current_cmd") == 0.0, timeout=3)  # no coil current
+            with pytest.raises(Refused, match="coil_needs_door_closed"):
+                plc.write("coil_enable", 1)
+            with pytest.raises(Refused, match="still requires door_closed == 1"):
+                plc.rearm("coil_needs_door_closed")
+        finally:
+            world_control(control, {"op": "set", "name": "door_closed", "value": 1})
+        assert eventually(lambda: plc.read("door_closed") == 1.0, timeout=3)
+        assert plc.rearm("coil_needs_door_closed")["rearmed"] is True
+        plc.safe()
