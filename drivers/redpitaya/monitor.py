@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from ..errors import FrameError, LinkClosed, LinkTimeout, RangeError
+from ..tcp import connect
 from . import registers as R
 
 HEADER = struct.Struct("<cBHI")  # op, reserved, count, address
@@ -149,17 +150,7 @@ class MonitorClient:
         return self._sock
 
     def _connect(self, deadline: float) -> None:
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=max(deadline - time.monotonic(), 1e-3))
-        except socket.timeout:
-            raise LinkTimeout(f"no connection to {self.host}:{self.port} within {self.timeout:g} s",
-                              device=self.name) from None
-        except OSError as exc:
-            raise LinkClosed(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}",
-                             device=self.name) from None
-        # Tiny request/reply frames: without NODELAY, Nagle + delayed ACK add ~40 ms per access.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock = sock
+        self._sock = connect(self.host, self.port, deadline, device=self.name, limit=self.timeout)
 
     def _drop(self) -> None:
         sock, self._sock = self._sock, None

@@ -24,6 +24,7 @@ import threading
 import time
 
 from ..errors import FrameError, LinkClosed, LinkTimeout
+from ..tcp import connect
 
 DEFAULT_PORT = 5000
 TERMINATOR = b"\r\n"
@@ -114,17 +115,7 @@ class SCPIClient:
         if self._closed:
             raise LinkClosed("SCPI client is closed", device=self.name)
         if self._sock is None:
-            try:
-                sock = socket.create_connection((self.host, self.port),
-                                                timeout=max(deadline - time.monotonic(), 1e-3))
-            except socket.timeout:
-                raise LinkTimeout(f"no connection to {self.host}:{self.port} within {self._limit:.3g} s",
-                                  device=self.name) from None
-            except OSError as exc:
-                raise LinkClosed(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}",
-                                 device=self.name) from None
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._sock = sock
+            self._sock = connect(self.host, self.port, deadline, device=self.name, limit=self._limit)
             self._buffer.clear()
         return self._sock
 
