@@ -2,12 +2,9 @@
 and the production driver against it (in-process and as separate processes)."""
 from __future__ import annotations
 
-import json
-import os
 import re
 import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -320,39 +317,25 @@ def test_streaming(world, driver):
 
 
 # -- as separate processes, the way the rig runs them --------------------------
-def _wait_ready(path: Path, proc: subprocess.Popen, timeout=20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"{proc.args} exited with {proc.returncode}: {proc.stderr.read().decode()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{proc.args} not ready within {timeout} s")
-        time.sleep(0.05)
-    return json.loads(path.read_text())
-
-
 def test_simulator_as_its_own_process(tmp_path):
+    from labrig.simulators.world import world_control
+    from labrig.supervisor.processes import spawn, wait_ready
+    logs = tmp_path / "logs"
     procs: list[subprocess.Popen] = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    def spawn(*args):
-        proc = subprocess.Popen([sys.executable, "-m", "labrig.simulators", *args],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    def start(name, *args):
+        ready = tmp_path / f"{name}.json"
+        proc = spawn(["-m", "labrig.simulators", *args, "--ready", str(ready)], name=name, log_dir=logs)
         procs.append(proc)
-        return proc
+        return wait_ready(proc, ready, name=name, timeout=20, log_dir=logs)
 
     try:
-        world_ready = tmp_path / "world.json"
-        w = spawn("world", "--ready", str(world_ready))
-        eps = _wait_ready(world_ready, w)["endpoints"]
+        eps = start("world", "world")["endpoints"]
         assert set(eps) >= {"state", "actuators", "control"}
-        ard_ready = tmp_path / "ard.json"
-        a = spawn("arduino", "--node", NODE, "--world-state", eps["state"],
-                  "--world-actuators", eps["actuators"], "--ready", str(ard_ready))
-        info = _wait_ready(ard_ready, a)
+        info = start("ard", "arduino", "--node", NODE, "--world-state", eps["state"],
+                     "--world-actuators", eps["actuators"])
         assert info["url"] == "serial://" + info["endpoints"]["serial"]
 
-        from labrig.simulators.world import world_control
         with ArduinoDriver(info["url"], CHANNELS, timeout=1.0, name=NODE) as drv:
             assert drv.read("cooling_ok") == 1
             drv.write("probe_bias", -60.0)
@@ -370,8 +353,6 @@ def test_simulator_as_its_own_process(tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
-            if proc.stderr:
-                proc.stderr.close()
     assert [proc.returncode for proc in procs] == [0, 0]
 
 
