@@ -20,6 +20,7 @@ import zmq
 from labrig.drivers.errors import LabrigError, NodeUnavailable
 from labrig.supervisor.devices import make_device
 from labrig.supervisor.rig import Rig
+from labrig.supervisor.heartbeats import HeartbeatMonitor, monitor_or_none
 from labrig.supervisor.safety import drive_safe
 from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
 from labrig.supervisor.runtime.locate import RuntimeLink, runtime_record
@@ -35,7 +36,8 @@ class RemoteError(LabrigError):
 class NodeLink:
     """The supervisor's line to one node: its runtime (hardware requests) and its kernel (code)."""
 
-    def __init__(self, rig: Rig, name: str, directory: Path, heartbeats: "Heartbeats", *, timeout: float = 2.0):
+    def __init__(self, rig: Rig, name: str, directory: Path, heartbeats: HeartbeatMonitor | None, *,
+                 timeout: float = 2.0):
         self.rig = rig
         self.name = name
         self.kind = rig.node(name).kind
@@ -43,7 +45,7 @@ class NodeLink:
         self.timeout = timeout
         self._heartbeats = heartbeats
         self.link = RuntimeLink(name, directory, client="supervisor", timeout=timeout,
-                                last_heartbeat=lambda: heartbeats.last(name))
+                                last_heartbeat=lambda: heartbeats.last(name) if heartbeats else None)
 
     # -- the runtime -------------------------------------------------------
     @property
@@ -120,22 +122,22 @@ class NodeLink:
     def health(self) -> dict[str, Any]:
         """Runtime up or down from its application heartbeats (when the cluster has a broker), else a ping."""
         record = runtime_record(self.name, self.directory)
-        seen = self._heartbeats.last(self.name)
+        beats = self._heartbeats
+        seen = beats.last(self.name) if beats else None
         age = round(time.time() - seen, 2) if seen else None
-        if self._heartbeats.live:
+        if beats is not None:
             timeout = self.rig.spec.watchdogs.heartbeat_timeout
-            online = age is not None and age <= timeout and self._heartbeats.state(self.name) != "offline"
+            online = age is not None and age <= timeout and beats.status.get(self.name) != "offline"
+            trips = beats.trips(self.name)
         else:
-            online = False
+            online, trips = False, []
             if record:
                 try:
                     self.runtime.call("ping", timeout=0.5)
                     online = True
+                    trips = [t["interlock"] for t in self.runtime.call("trips", timeout=0.5)]
                 except LabrigError:
                     pass
-        trips = self._heartbeats.trips(self.name) if self._heartbeats.live else []
-        if online and not self._heartbeats.live:
-            trips = [t["interlock"] for t in self.runtime.call("trips", timeout=0.5)]
         return {"node": self.name, "kind": self.kind, "runtime": "online" if online else "offline",
                 "kernel": "online" if self.kernel_alive() else "offline", "heartbeat_age": age,
                 "trips": ", ".join(trips),
@@ -165,67 +167,18 @@ def _value(data: dict) -> Any:
         return text
 
 
-class Heartbeats:
-    """Last heartbeat per node, from the retained MQTT heartbeats (when the cluster has a broker)."""
-
-    def __init__(self, rig: Rig, directory: Path):
-        self._last: dict[str, float] = {}
-        self._trips: dict[str, list[str]] = {}
-        self._online: dict[str, str] = {}
-        self._subscriber = None
-        from labrig.supervisor.broker import broker_alive
-        own = read_state("broker", directory)  # the cluster's own broker
-        cluster = read_state("cluster", directory) or {}
-        url = (rig.spec.broker.url or (own["url"] if own and broker_alive(own) else None)
-               or (cluster.get("broker") or {}).get("url"))
-        if url:
-            try:
-                from labrig.supervisor.mqtt import MqttSubscriber
-                self._subscriber = MqttSubscriber(
-                    url, [f"labrig/{rig.name}/+/heartbeat", f"labrig/{rig.name}/+/status"], self._on_message,
-                    client_id=f"labrig-supervisor-{rig.name}-{id(self)}")
-            except (LabrigError, OSError, ImportError):
-                self._subscriber = None  # no heartbeats; pings still tell online/offline
-            else:
-                # the retained heartbeats arrive at once: wait for them (bounded) so a first status is right
-                deadline = time.monotonic() + 1.5
-                while len(self._last) < len(rig.nodes) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-
-    def _on_message(self, topic: str, payload: bytes) -> None:
-        parts = topic.split("/")
-        if len(parts) != 4:
-            return
-        node, kind = parts[2], parts[3]
-        if kind == "heartbeat":
-            try:
-                beat = json.loads(payload)
-                self._last[node] = float(beat["t"])
-                self._trips[node] = list(beat.get("trips", []))
-            except (ValueError, KeyError, TypeError):
-                pass
-        elif kind == "status":
-            self._online[node] = payload.decode(errors="replace")
-
-    @property
-    def live(self) -> bool:
-        """True when heartbeats arrive over MQTT (otherwise health falls back to pings)."""
-        return self._subscriber is not None
-
-    def last(self, node: str) -> float | None:
-        return self._last.get(node)
-
-    def trips(self, node: str) -> list[str]:
-        """The node's latched trips, as its last heartbeat said."""
-        return self._trips.get(node, [])
-
-    def state(self, node: str) -> str | None:
-        """The node's retained status: "online", or "offline" (its clean exit or its last will)."""
-        return self._online.get(node)
-
-    def close(self):
-        if self._subscriber:
-            self._subscriber.close()
+def heartbeat_monitor(rig: Rig, directory: Path) -> HeartbeatMonitor | None:
+    """The rig's heartbeats, from its own broker, the cluster's, or None when there is no broker."""
+    from labrig.supervisor.broker import broker_alive
+    if rig.spec.broker.url:
+        broker = rig.spec.broker.model_dump()
+    else:
+        own = read_state("broker", directory)
+        broker = own if own and broker_alive(own) else (read_state("cluster", directory) or {}).get("broker")
+    monitor = monitor_or_none(rig.name, broker, client=f"labrig-supervisor-{rig.name}")
+    if monitor is not None:
+        monitor.wait_for(rig.nodes, 1.5)  # retained: a first status is right at once
+    return monitor
 
 
 class Machine(SignalsAndDevices):
@@ -236,7 +189,7 @@ class Machine(SignalsAndDevices):
         self.name = rig.name
         self.what = f"rig {rig.name!r}"
         self.directory = Path(directory)
-        self.heartbeats = Heartbeats(rig, self.directory)
+        self.heartbeats = heartbeat_monitor(rig, self.directory)
         self.nodes = {name: NodeLink(rig, name, self.directory, self.heartbeats, timeout=timeout)
                       for name in rig.nodes}
         self.signals = SignalMap({n: Signal(n, spec, self._client_for(spec.node), self._aclient_for(spec.node))
@@ -273,7 +226,8 @@ class Machine(SignalsAndDevices):
     def close(self):
         for link in self.nodes.values():
             link.close()
-        self.heartbeats.close()
+        if self.heartbeats:
+            self.heartbeats.close()
 
     def __repr__(self):
         return (f"<rig {self.name}: {len(self.nodes)} nodes ({', '.join(self.nodes)}), {len(self.signals)} signals, "

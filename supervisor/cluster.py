@@ -28,9 +28,7 @@ import signal
 import socket
 import stat
 import subprocess
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -639,41 +637,16 @@ def _kernel_beats(record: dict[str, Any], timeout: float) -> dict[str, bool]:
 def _mqtt_heartbeats(broker: dict[str, Any], rig: str, nodes: list[str],
                      timeout: float) -> tuple[dict[str, dict], dict[str, Any]]:
     """The retained heartbeats (and trips) of the rig's nodes that arrive within `timeout`."""
-    from .mqtt import MqttSubscriber, topic
-    heard: dict[str, dict] = {}
-    trips: dict[str, Any] = {}
-    all_heard = threading.Event()
-
-    def on_message(name: str, payload: bytes) -> None:
-        parts = name.split("/")
-        if len(parts) != 4:
-            return
-        node, kind = parts[2], parts[3]
-        try:
-            data = json.loads(payload) if payload else None
-        except ValueError:
-            return
-        if kind == "heartbeat" and isinstance(data, dict):
-            heard[node] = data
-            if all(n in heard for n in nodes):
-                all_heard.set()
-        elif kind == "trips":
-            trips[node] = data.get("trips", data) if isinstance(data, dict) and "trips" in data else data
-
-    password = os.environ.get(broker["password_env"]) if broker.get("password_env") else None
-    try:
-        sub = MqttSubscriber(broker["url"], [topic(rig, "+", "heartbeat"), topic(rig, "+", "trips")], on_message,
-                             client_id=f"labrig-status-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-                             username=broker.get("username") or None, password=password,
-                             tls=bool(broker.get("tls")), timeout=max(timeout, 0.5))
-    except LabrigError:
+    from .heartbeats import monitor_or_none
+    monitor = monitor_or_none(rig, broker, client="labrig-status", timeout=max(timeout, 0.5))
+    if monitor is None:
         return {}, {}
     try:
-        if all_heard.wait(timeout):
+        if monitor.wait_for(nodes, timeout):
             time.sleep(0.05)  # retained trips come in the same burst
+        return dict(monitor.beats), dict(monitor.published_trips)
     finally:
-        sub.close(timeout=1.0)
-    return dict(heard), dict(trips)
+        monitor.close(timeout=1.0)
 
 
 def _broker_alive(broker: dict[str, Any], timeout: float) -> bool:

@@ -28,9 +28,8 @@ def run_benchmark(name, *args, timeout=120):
             proc.wait()
         pytest.fail(f"{name} {' '.join(args)} did not finish within {timeout} s")
     assert proc.returncode == 0, stderr
-    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     figures = {}
-    for line in result.stdout.splitlines():
+    for line in stdout.splitlines():
         match = FIGURE.match(line)
         assert match, f"not a figure line: {line!r}"
         figures[match.group(1)] = (float(match.group(2)), match.group(3), float(match.group(4)), float(match.group(5)))
