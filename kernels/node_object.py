@@ -10,6 +10,8 @@ from labrig.supervisor.rig import Rig
 from labrig.supervisor.runtime import RuntimeClient
 from labrig.supervisor.runtime.locate import RuntimeLink
 
+from .fpga import Fpga
+from .loops import LoopMap
 from .signals import Signal, SignalMap, SignalsAndDevices, Table
 
 STATUS_COLUMNS = ["signal", "value", "unit", "dir", "setpoint", "limits", "safe", "channel", "error"]
@@ -38,6 +40,9 @@ class Node(SignalsAndDevices):
         specs = rig.signals_of(name)
         self.signals = SignalMap({n: Signal(n, spec, lambda: self.link.client, self.link.aclient)
                                   for n, spec in specs.items()}, where=f"node {name!r}")
+        self.loops = LoopMap([n for n, spec in rig.spec.loops.items() if spec.node == name], lambda: self.link.client,
+                             node=name)  # node.loops["coil"].kp = 0.3: tuned live, run by the runtime
+        self.fpga = Fpga(self)  # node.fpga.pid0.configure(...): a RedPitaya's FPGA modules, via the runtime
         self.devices = {}
         for dev_name, dev in rig.spec.devices.items():
             if all(s in specs for s in dev.signals.values()):

@@ -4,6 +4,7 @@
     rig.langmuir.density()          physics from a device class
     rig.status()                    every node: runtime and kernel up or down, heartbeat age
     rig.safe()                      every node safe at once
+    rig.trips(), rig.rearm(name)    latched trips, wherever they are; re-arm one
     rig.nodes["rp1"].execute(code)  run code on that board's kernel, get its result back
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ from labrig.drivers.errors import LabrigError, NodeUnavailable
 from labrig.supervisor.devices import make_device
 from labrig.supervisor.rig import Rig
 from labrig.supervisor.heartbeats import HeartbeatMonitor, monitor_or_none
-from labrig.supervisor.safety import drive_safe
+from labrig.supervisor.guard import guard_record
+from labrig.supervisor.safety import all_trips, drive_safe
 from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
 from labrig.supervisor.runtime.locate import RuntimeLink, runtime_record
 from labrig.supervisor.state import read_state
@@ -185,6 +187,7 @@ class Machine(SignalsAndDevices):
     """The whole machine (`rig` in the supervisor kernel)."""
 
     def __init__(self, rig: Rig, directory: Path, *, timeout: float = 2.0):
+        self._guard: RuntimeClient | None = None  # first: close() must work whatever fails below
         self.spec = rig
         self.name = rig.name
         self.what = f"rig {rig.name!r}"
@@ -211,13 +214,40 @@ class Machine(SignalsAndDevices):
                      title=f"rig {self.name}", data={r["node"]: r for r in rows})
 
     def rearm(self, interlock: str) -> dict:
-        """Re-arm a tripped interlock on the node that holds it; refused while its condition fails."""
-        lock = self.spec.interlocks.get(interlock)
-        if lock is None:
+        """Re-arm a tripped interlock where it is latched (the guard for a cross-node one, else its node);
+        refused while its condition fails."""
+        if interlock not in self.spec.interlocks:
             raise KeyError(f"rig {self.name!r} has no interlock {interlock!r}; "
                            f"known: {', '.join(self.spec.interlocks)}")
-        node = self.spec.signal(lock.outputs[0]).node
-        return self.nodes[node].runtime.rearm(interlock)
+        if interlock in self.spec.guarded_interlocks():
+            return self.guard().rearm(interlock)
+        lock = self.spec.interlocks[interlock]
+        return self.nodes[self.spec.node_of(lock.outputs[0])].runtime.rearm(interlock)
+
+    def guard(self) -> RuntimeClient:
+        """A client of the rig's guard (leases, cross-node interlocks): .status(), .trips(), .rearm(name)."""
+        record = guard_record(self.directory)
+        if record is None:
+            raise NodeUnavailable(f"the guard of rig {self.name!r} is not running (state in {self.directory}); "
+                                  "it starts with `labrig up`, or alone with `labrig guard RIG`")
+        if self._guard is None or self._guard.endpoint != record["endpoint"]:
+            if self._guard is not None:
+                self._guard.close()
+            self._guard = RuntimeClient(record["endpoint"], node="guard", client="supervisor-kernel", timeout=2.0)
+        return self._guard
+
+    def trips(self) -> Table:
+        """Every latched trip: the guard's (cross-node) and each node's own."""
+        rows = []
+        for where, entries in all_trips(self.directory).items():
+            if isinstance(entries, str):
+                rows.append({"where": where, "interlock": "-", "layer": "-", "time": "-", "reason": entries})
+                continue
+            for t in entries:
+                rows.append({"where": where, "interlock": t["interlock"], "layer": t.get("layer", "node"),
+                             "time": time.strftime("%H:%M:%S", time.localtime(t["time"])), "reason": t["reason"]})
+        return Table(rows, ["where", "interlock", "layer", "time", "reason"], title=f"trips of rig {self.name}",
+                     data=rows)
 
     def safe(self) -> dict[str, Any]:
         """Drive every node safe at once. Never raises: an unreachable node is reported, not skipped silently."""
@@ -226,6 +256,8 @@ class Machine(SignalsAndDevices):
     def close(self):
         for link in self.nodes.values():
             link.close()
+        if self._guard is not None:
+            self._guard.close()
         if self.heartbeats:
             self.heartbeats.close()
 

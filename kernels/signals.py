@@ -7,9 +7,10 @@ Each operation has an awaitable twin (`aread`, `awrite`, `aramp`) for async code
 from __future__ import annotations
 
 import difflib
+import time
 from typing import Any, Callable, Mapping
 
-from labrig.drivers.errors import ConfigError
+from labrig.drivers.errors import ConfigError, LinkTimeout
 from labrig.supervisor.rig.schema import SignalSpec
 from labrig.supervisor.runtime import AsyncRuntimeClient, RuntimeClient
 
@@ -46,9 +47,21 @@ class Signal:
     def write(self, value: float) -> float:
         return self._client().write(self.name, value)
 
-    def ramp(self, target: float, rate: float | None = None) -> dict:
-        """Ramp to target at `rate` unit/s (default: the signal's max slew)."""
-        return RampInfo(self._client().ramp(self.name, target, self._rate(rate)), unit=f" {self.unit}".rstrip())
+    def ramp(self, target: float, rate: float | None = None, *, wait: bool = False) -> dict:
+        """Ramp to target at `rate` unit/s (default: the signal's max slew). The ramp runs in the
+        node's runtime; `wait=True` returns once it has ended (done, stopped or failed)."""
+        client = self._client()
+        ramp = client.ramp(self.name, target, self._rate(rate))
+        if wait:
+            duration = abs(ramp["target"] - ramp["start"]) / ramp["rate"]
+            deadline = time.monotonic() + duration + 5.0  # bounded: a stalled ramp is reported, not waited out
+            while ramp["state"] == "running":
+                if time.monotonic() > deadline:
+                    raise LinkTimeout(f"ramp of {self.name} still running {duration + 5:.1f} s after it started "
+                                      f"(expected {duration:.1f} s)")
+                time.sleep(min(0.05, max(0.005, duration / 20)))
+                ramp = next((r for r in reversed(client.ramps()) if r["signal"] == self.name), ramp)
+        return RampInfo(ramp, unit=f" {self.unit}".rstrip())
 
     def stop_ramp(self):
         return self._client().stop_ramp(self.name)

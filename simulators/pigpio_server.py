@@ -21,7 +21,19 @@ Wiring to the world (the example rig's calibrations invert exactly this):
 An output that is not driven (input mode) reads as its pull and is sent to the
 world as that level: an unpowered valve or trigger line is off.
 
-Options: tick_start (int, default 0): the first value of the microsecond tick.
+Charge pump: the outputs reach the world through a safety relay that holds only
+while the heartbeat pin (GPIO24) has changed level within the last `charge_pump`
+seconds, as a real charge-pump relay does. Otherwise the world sees every output
+at 0 (`charge_pump_live` is False); once the toggling resumes, the outputs come back
+at the pins' present state (pigpiod keeps its pins when a client dies: the relay,
+not the daemon, is what stops a dead host's valve). The world's heartbeat_pin
+follows the pin itself, relay or not.
+
+Options (strings from the command line are accepted): tick_start (int, default 0):
+the first value of the microsecond tick; heartbeat_pin (BCM, default 24; "none":
+no relay, outputs always live); charge_pump (s, default 0.2: 10 edges of the
+driver's 20 ms heartbeat, slack for a busy machine); rig (a rig file: its node's
+heartbeat_pin option, or no relay when the node has none).
 """
 from __future__ import annotations
 
@@ -69,6 +81,8 @@ NOTIFY_SLOTS = 32
 PWM_FREQUENCIES = (8000, 4000, 2000, 1600, 1000, 800, 500, 400, 320, 250, 200, 160,
                    100, 80, 50, 40, 20, 10)
 POLL_PERIOD = 0.005  # s between looks at the world's inputs (the world publishes every 5 ms)
+HEARTBEAT_PIN = 24  # the example rig's charge-pump pin
+CHARGE_PUMP_S = 0.2
 
 
 @dataclass
@@ -130,10 +144,42 @@ class PigpioSimulator(DeviceSimulator):
         # Where the microsecond tick starts (a real Pi's counts from boot and wraps every
         # 71.6 min); option tick_start lets tests put the wrap, and the sign bit, in reach.
         self._tick0 = int(str(self.options.get("tick_start", 0)), 0) & 0xFFFFFFFF
+        self.heartbeat_pin = self._heartbeat_option()
+        self.charge_pump = float(self.options.get("charge_pump", CHARGE_PUMP_S))
+        self.world_outputs = dict(self.WORLD_OUTPUTS)
+        if self.heartbeat_pin not in (None, HEARTBEAT_PIN):  # the world's heartbeat_pin follows the pump
+            if self.heartbeat_pin in self.world_outputs or self.heartbeat_pin in self.WORLD_INPUTS:
+                raise ValueError(f"heartbeat_pin {self.heartbeat_pin} is wired to the plant; pick a free pin")
+            del self.world_outputs[HEARTBEAT_PIN]
+            self.world_outputs[self.heartbeat_pin] = "heartbeat_pin"
+        self._beat_level = 0  # the heartbeat pin's level when last looked at
+        self._beat_at: float | None = None  # when it last changed: never, so the relay starts open
+        self._live = False  # the relay's state as last sent to the world
         self._stop = threading.Event()
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._closed = False
+
+    def _heartbeat_option(self) -> int | None:
+        if self.options.get("rig"):
+            from labrig.supervisor.rig import Rig  # only a rig-driven testbed needs the rig model
+            pin = Rig.load(self.options["rig"]).node(self.node).options.get("heartbeat_pin")
+        else:
+            pin = self.options.get("heartbeat_pin", HEARTBEAT_PIN)
+        if pin is None or str(pin).strip().lower() == "none":
+            return None
+        pin = int(str(pin), 0)
+        if not 0 <= pin <= MAX_USER_GPIO:
+            raise ValueError(f"heartbeat_pin {pin} is not a user GPIO 0..{MAX_USER_GPIO}")
+        return pin
+
+    @property
+    def charge_pump_live(self) -> bool:
+        """True while the relay holds: the heartbeat pin changed level within `charge_pump` s."""
+        if self.heartbeat_pin is None:
+            return True
+        beat = self._beat_at
+        return beat is not None and time.monotonic() - beat < self.charge_pump
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "PigpioSimulator":
@@ -344,9 +390,16 @@ class PigpioSimulator(DeviceSimulator):
 
     def _push_outputs(self, force: bool = False) -> None:
         world_levels = {}
-        for gpio, name in self.WORLD_OUTPUTS.items():
+        if self.heartbeat_pin is not None:
+            level = self._level(self.heartbeat_pin, world_levels)
+            if level != self._beat_level:
+                self._beat_level, self._beat_at = level, time.monotonic()
+        self._live = live = self.charge_pump_live
+        for gpio, name in self.world_outputs.items():
             pin = self._pins[gpio]
-            if pin.mode == OUTPUT and pin.pwm:
+            if gpio != self.heartbeat_pin and not live:
+                value = 0.0  # the relay has dropped: the plant sees nothing of this output
+            elif pin.mode == OUTPUT and pin.pwm:
                 value = pin.duty / pin.range
             else:
                 value = float(self._level(gpio, world_levels))
@@ -391,5 +444,7 @@ class PigpioSimulator(DeviceSimulator):
             try:
                 with self._lock:
                     self._report()
+                    if self.charge_pump_live != self._live:
+                        self._push_outputs()  # the relay dropped, or picked up again
             except Exception:  # a world hiccup (e.g. a half-built state) must not end the poller
                 continue

@@ -37,8 +37,13 @@ Simplifications, on purpose:
   armed (the simulated signals are quasi-static, an edge might never come), and
   the trace is 16384 samples of the present value with `noise` V rms (option,
   default 2 mV). ASG channels seen by the scope replay their waveform tables.
-* The DSP modules keep their registers but do not filter: PID, IQ and IIR
-  outputs read 0 V.
+* The three PIDs run (redpitaya_dsp.py: a 1 ms tick integrating the FPGA's PI over
+  the elapsed cycles) on the DSP signals in1, in2, the ASGs and each other; their
+  outputs are added to the DACs they are routed to. out1 is the RF drive level: the
+  amplitudes of running ASGs routed there plus the PID outputs routed there (as if
+  out1 fed the RF source's amplitude-control input), clipped to 0..1. So a loop
+  in2 -> pid -> out1 really regulates the forward power. The IQ, IIR and trigger
+  modules keep their registers but do not run: their outputs read 0 V.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ import numpy as np
 from labrig.drivers.redpitaya import registers as R
 
 from .base import DeviceSimulator
+from .redpitaya_dsp import IDLE, MAX_DT, TICK, PidBank
 
 IDN = "REDPITAYA,INSTR2020,SIM-{node},labrig-sim-1.0"
 MAX_LINE = 64 * 1024
@@ -119,6 +125,7 @@ def _register_layout():
                       base + R.PID_MIN_VOLTAGE: 0x3FFF, base + R.PID_MAX_VOLTAGE: 0x3FFF,
                       base + R.PID_PAUSE: 0xF})
         resets[base + R.PID_MIN_VOLTAGE] = 0x2000  # -1 V
+        resets[base + R.PID_PAUSE] = 0x7  # every gain paused while the module's sync bit is low
         resets[base + R.PID_MAX_VOLTAGE] = 0x1FFF  # +1 V
     for a in R.AMS_DAC:
         masks[R.AMS_BASE + a] = 0xFFFFFF
@@ -152,6 +159,77 @@ class SimulatedFPGA:
         self.scope_trigger_time = 0
         self.pin_levels = {"P": 0, "N": 0}  # levels driven onto input pins from outside
         self._out1 = 0.0
+        self.pids = PidBank(self.regs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_tick = time.monotonic()
+
+    # -- the DSP clock ----------------------------------------------------------
+    def start(self, name: str = "rp-dsp") -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                active = self.pids.active()
+            if self._stop.wait(TICK if active else IDLE):
+                return
+            if active:
+                self.tick()
+            else:
+                self._last_tick = time.monotonic()
+
+    def tick(self) -> None:
+        """Run the PIDs over the time since the last tick (at most MAX_DT), then the DACs."""
+        with self._lock:
+            now = time.monotonic()
+            dt, self._last_tick = min(now - self._last_tick, MAX_DT), now
+            inputs: list = []
+
+            def signal(code: int) -> float:
+                if code in (10, 11):
+                    if not inputs:
+                        inputs.extend(self._inputs())  # one look at the world per tick
+                    return inputs[code - 10]
+                if code in (0, 1, 2):
+                    return self.pids.output[code]  # last tick's: the FPGA's pipeline delay
+                if code in (8, 9):
+                    return self._asg_dc(code - 8)
+                if code in (12, 13):
+                    return self._dac(code - 12)
+                return 0.0  # IQ, IIR, trigger: not executed
+
+            self.pids.step(dt, signal, self.sync)
+            self._update_out1()
+
+    def _asg_dc(self, i: int) -> float:
+        """What a ~1 kHz loop sees of a generator: the mean of its waveform (its level if stopped)."""
+        ch = (R.ASG0, R.ASG1)[i]
+        flags = (self.regs.get(R.ASG_BASE, 0) >> ch.bit) & 0xFFFF
+        if flags & R.ASG_ZERO:
+            return 0.0
+        word = self.regs.get(ch.amplitude_offset, 0)
+        table = self.asg_tables[i].astype(np.int64)
+        table = np.where(table >= 8192, table - 16384, table) / R.FULL_SCALE_COUNTS
+        running = (flags & R.ASG_TRIGGER_MASK) and not flags & R.ASG_RESET
+        level = table.mean() if running else table[0]
+        return min(max(R.asg_offset(word) + R.asg_amplitude(word) * float(level), -1.0), 1.0)
+
+    def _dac(self, index: int) -> float:
+        """The DC level on out1/out2: ASG offsets and PID outputs routed there."""
+        total = self.pids.routed(index)
+        for ch in (R.ASG0, R.ASG1):
+            if self.regs.get(ch.output_select, 0) & (1 << index):
+                total += R.asg_offset(self.regs.get(ch.amplitude_offset, 0))
+        return min(max(total, -1.0), 1.0)
 
     # -- bus --------------------------------------------------------------
     def read(self, address: int, count: int) -> np.ndarray:
@@ -173,14 +251,9 @@ class SimulatedFPGA:
                 if address >= start and (address - start) % 4 == 0 and first + len(words) <= BUFFER:
                     self.asg_tables[i][first:first + len(words)] = np.asarray(words, dtype=np.uint32) & 0x3FFF
                     return
-            touched_asg = False
             for k, word in enumerate(words):
-                addr = address + 4 * k
-                self.write_word(addr, int(word))
-                touched_asg |= R.ASG_BASE <= addr < R.ASG_BASE + 0x200 or addr in (
-                    R.ASG0.output_select, R.ASG1.output_select)
-            if touched_asg:
-                self._update_out1()
+                self.write_word(address + 4 * k, int(word))
+            self._update_out1()  # a generator or a PID may have been (re)routed to out1
 
     def read_word(self, address: int) -> int:
         with self._lock:
@@ -198,8 +271,13 @@ class SimulatedFPGA:
             offset = (a - R.DSP_BASE) % R.DSP_SLOT
             if offset == R.DSP_SYNC:
                 return self.sync
+            slot = (a - R.DSP_BASE) // R.DSP_SLOT
+            if slot < 3 and offset == R.DSP_OUTPUT_SIGNAL:
+                return R.volts_to_word(self.pids.output[slot])
+            if slot < 3 and offset == R.PID_IVAL:
+                return self.pids.read_ival(slot)
             if offset in (R.DSP_SATURATED, R.DSP_OUTPUT_SIGNAL):
-                return 0  # the simulated DSP does not run: nothing saturates, outputs are 0 V
+                return 0  # nothing saturates; the IQ, IIR and trigger outputs are not modelled: 0 V
         if a == R.HK_BASE + R.HK_EXP_P_IN:
             return self._pin_levels("P")
         if a == R.HK_BASE + R.HK_EXP_N_IN:
@@ -221,6 +299,8 @@ class SimulatedFPGA:
                 self.sync = word & 0xFF
             elif a in self.MASKS:
                 self.regs[a] = word & self.MASKS[a]
+                if R.DSP_BASE <= a < R.DSP_BASE + 3 * R.DSP_SLOT and a % R.DSP_SLOT == R.PID_IVAL:
+                    self.pids.write_ival((a - R.DSP_BASE) // R.DSP_SLOT, word)
             elif R.DSP_BASE + 3 * R.DSP_SLOT <= a < R.DSP_BASE + 8 * R.DSP_SLOT:
                 self.regs[a] = word  # trig, IIR and IQ registers: kept whole, not modelled
             # anything else is read-only or not decoded: the write is lost, as on the bus
@@ -300,8 +380,10 @@ class SimulatedFPGA:
             for i, ch in enumerate((R.ASG0, R.ASG1)):
                 if self.regs.get(ch.output_select, 0) & (1 << (code - 12)):
                     out += self._asg_trace(i, n)
-            return np.clip(out, -1.0, 1.0)
-        return np.zeros(n)  # PID/IQ/IIR outputs: not modelled
+            return np.clip(out + self.pids.routed(code - 12), -1.0, 1.0)
+        if code in (0, 1, 2):
+            return np.full(n, self.pids.output[code])
+        return np.zeros(n)  # IQ/IIR outputs: not modelled
 
     def _asg_trace(self, i: int, n: int) -> np.ndarray:
         ch = (R.ASG0, R.ASG1)[i]
@@ -324,15 +406,16 @@ class SimulatedFPGA:
 
     # -- out1 -> RF drive -----------------------------------------------------
     def out1_amplitude(self) -> float:
-        """Amplitude on out1: the running, un-zeroed ASGs routed there."""
-        total = 0.0
+        """The RF drive level on out1: the running, un-zeroed ASGs' amplitudes and the PID
+        outputs routed there."""
+        total = self.pids.routed(0)
         for ch in (R.ASG0, R.ASG1):
             flags = (self.regs.get(R.ASG_BASE, 0) >> ch.bit) & 0xFFFF
             routed = self.regs.get(ch.output_select, 0) & 1
             running = (flags & R.ASG_TRIGGER_MASK) and not flags & (R.ASG_ZERO | R.ASG_RESET)
             if routed and running:
                 total += R.asg_amplitude(self.regs.get(ch.amplitude_offset, 0))
-        return min(total, 1.0)
+        return min(max(total, 0.0), 1.0)
 
     def _update_out1(self) -> None:
         amplitude = self.out1_amplitude()
@@ -517,6 +600,7 @@ class RedPitayaSimulator(DeviceSimulator):
             scpi.close()
             raise
         self._services = [scpi, monitor]
+        self.fpga.start(f"rp-dsp-{self.node}")
         self.endpoints = {"scpi": f"tcp://{self.host}:{scpi.port}", "monitor": f"tcp://{self.host}:{monitor.port}"}
         self.url = f"tcp://{self.host}:{scpi.port}?monitor_port={monitor.port}"
         return self
@@ -525,6 +609,7 @@ class RedPitayaSimulator(DeviceSimulator):
         services, self._services = self._services, []
         for service in services:
             service.close()
+        self.fpga.close()
 
     # -- the world ---------------------------------------------------------
     def _fast_inputs(self) -> tuple[float, float]:

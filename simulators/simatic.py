@@ -1,24 +1,38 @@
 """A Siemens Simatic S7 PLC: python-snap7's server holding DB1, plus a PLC scan cycle.
 
-    with SimaticSimulator(LocalWorld(), node="plc") as sim:
+    with SimaticSimulator(LocalWorld(), node="plc1", options={"rig": "examples/ishtar/rig.toml"}) as sim:
         sim.url        # "s7://127.0.0.1:PORT?rack=0&slot=1"
         sim.endpoints  # {"s7": "tcp://127.0.0.1:PORT"}
+        sim.plc_trips  # the PLC interlocks latched now, e.g. ["rf_enable_needs_vacuum_and_door"]
 
-DB1 (big-endian, as on a real S7):
+DB1 (big-endian, as on a real S7), as the example rig names it:
     DBD0    REAL  coil current setpoint (A)          host -> PLC
     DBD4    REAL  coil current actual (A)            PLC <- world coil_current
     DBD8    REAL  pressure (Pa)                      PLC <- world pressure
     DBX12.0 BOOL  door_closed                        PLC <- world door_closed
-    DBX12.1 BOOL  vacuum_ok (pressure < 5 Pa)
-    DBX12.2 BOOL  rf_permit                          PLC -> world rf_permit
+    DBX12.1 BOOL  vacuum_ok (pressure < 5 Pa)        status
+    DBX12.2 BOOL  rf_permit = effective rf_enable    PLC -> world rf_permit (the RF amplifier)
     DBX12.3 BOOL  watchdog_ok
     DBW14   INT   watchdog word the host keeps changing
     DBX16.0 BOOL  coil_enable                        host -> PLC
-Every scan (10 ms) the PLC reads the world into DB1, runs `plc_logic`, and
-drives world coil_current_cmd and rf_permit from its outputs.
+    DBX16.1 BOOL  rf_enable, the host's RF request   host -> PLC
+    DBW18   INT   latched PLC interlocks, bit i = the program's interlock i (labrig plc tags)
 
-Options (strings from the command line are accepted): watchdog_timeout (s,
-default 1.0), db_size (bytes, default 32), scan_period (s, default 0.01).
+The program is the rig's (option `rig`, this node's tags and interlocks, exactly as
+labrig.supervisor.rig.plc.plc_program lists them for the real PLC); without one, the
+built-in DEFAULT_RIG, the example rig's PLC. Every scan (10 ms) the PLC reads the
+world into DB1, evaluates every PLC interlock over its tags, and computes the
+effective value of every host output: the host's value, or its safe value while
+the watchdog word is stale or an interlock forcing it fails (latched: it clears
+once the condition holds AND the host has written the safe value, a restart
+interlock). The plant wiring is fixed, by address: world rf_permit = effective
+DBX16.1; world coil_current_cmd = effective DBD0 (clamped to 0..600 A) while the
+effective DBX16.0 is set, else 0. An address the program does not declare as an
+output drives the plant with the host's raw value, and 0 while the watchdog is stale.
+
+Options (strings from the command line are accepted): rig (path of the rig file),
+watchdog_timeout (s, default 1.0), db_size (bytes, default 32), scan_period (s,
+default 0.01).
 
 Link faults: snap7's server cannot garble or mute itself, so the URL points at a
 small TCP relay in front of it (`FaultyLink`) that applies this node's link
@@ -39,47 +53,172 @@ from dataclasses import dataclass
 from snap7.server import Server
 from snap7.type import SrvArea
 
-from labrig.drivers.simatic.tags import parse_tag
+from labrig.drivers.calibration import Calibration
+from labrig.drivers.errors import ConfigError
+from labrig.drivers.simatic.tags import S7Tag, parse_tag
+from labrig.supervisor.rig.plc import plc_program
+from labrig.supervisor.rig import Condition, Rig
 
 from .base import DeviceSimulator
 
 DB_NUMBER = 1
-SETPOINT = parse_tag("DB1.DBD0")
+# The simulated plant's wiring, by DB1 address.
+COIL_SETPOINT = parse_tag("DB1.DBD0")
 COIL_ACTUAL = parse_tag("DB1.DBD4")
 PRESSURE = parse_tag("DB1.DBD8")
 DOOR_CLOSED = parse_tag("DB1.DBX12.0")
 VACUUM_OK = parse_tag("DB1.DBX12.1")
 RF_PERMIT = parse_tag("DB1.DBX12.2")
 WATCHDOG_OK = parse_tag("DB1.DBX12.3")
-WATCHDOG_WORD = parse_tag("DB1.DBW14")
 COIL_ENABLE = parse_tag("DB1.DBX16.0")
+RF_ENABLE = parse_tag("DB1.DBX16.1")
 
 VACUUM_OK_PA = 5.0  # Pa: below it the vacuum is good enough for RF
 COIL_MAX_A = 600.0  # A: the coil supply's span; the PLC clamps its setpoint into it
 RESEND_PERIOD = 0.5  # s: re-send actuators even when unchanged (a restarted world catches up)
 
+# The PLC of examples/ishtar/rig.toml: what the simulated PLC runs when given no rig.
+DEFAULT_RIG = """
+schema_version = 1
+name = "plc-default"
+[nodes.plc]
+kind = "simatic"
+connection = "s7://127.0.0.1:102"
+[signals.coil_current_set]
+node = "plc"
+channel = "DB1.DBD0"
+direction = "out"
+unit = "A"
+safe = 0.0
+[signals.coil_current]
+node = "plc"
+channel = "DB1.DBD4"
+[signals.plc_pressure]
+node = "plc"
+channel = "DB1.DBD8"
+[signals.door_closed]
+node = "plc"
+channel = "DB1.DBX12.0"
+[signals.vacuum_ok]
+node = "plc"
+channel = "DB1.DBX12.1"
+[signals.rf_permit]
+node = "plc"
+channel = "DB1.DBX12.2"
+[signals.plc_watchdog_ok]
+node = "plc"
+channel = "DB1.DBX12.3"
+[signals.coil_enable]
+node = "plc"
+channel = "DB1.DBX16.0"
+direction = "out"
+safe = 0.0
+[signals.rf_enable]
+node = "plc"
+channel = "DB1.DBX16.1"
+direction = "out"
+safe = 0.0
+[interlocks.rf_enable_needs_vacuum_and_door]
+require = "plc_pressure < 5 and door_closed == 1"
+outputs = ["rf_enable"]
+[interlocks.coil_needs_door_closed]
+require = "door_closed == 1"
+outputs = ["coil_enable"]
+"""
+
 
 # -- the PLC program ---------------------------------------------------------
 @dataclass(frozen=True)
-class PlcOutputs:
-    vacuum_ok: bool
-    rf_permit: bool
-    coil_current_cmd: float
+class PlcInterlock:
+    name: str
+    condition: Condition
+    outputs: tuple[str, ...]  # signal names
+    latch: bool
+    bit: int | None  # in the trip word
 
 
-def plc_logic(*, pressure: float, door_closed: bool, watchdog_ok: bool, coil_enable: bool,
-              setpoint: float) -> PlcOutputs:
-    """The PLC's fixed interlock: RF needs vacuum and a closed door; the coil needs a live host.
+class PlcProgram:
+    """One simatic node's program from a rig: `run(db, watchdog_ok=...)` is one scan of its logic.
 
-    NaN inputs fail safe: a NaN pressure is not below the threshold, a NaN setpoint is 0.
+    Reads tags by signal name out of the DB image (calibrated, as the rig's conditions
+    are written in physical units) and returns the effective raw value of every host
+    output, by tag address. Keeps the latches between scans.
     """
-    vacuum_ok = pressure < VACUUM_OK_PA
-    rf_permit = vacuum_ok and door_closed and watchdog_ok
-    if watchdog_ok and coil_enable and not math.isnan(setpoint):
-        coil = min(max(setpoint, 0.0), COIL_MAX_A)
-    else:
-        coil = 0.0
-    return PlcOutputs(vacuum_ok=vacuum_ok, rf_permit=rf_permit, coil_current_cmd=coil)
+
+    def __init__(self, rig: Rig, node: str, *, db_size: int = 1 << 16):
+        program = plc_program(rig)
+        if node not in program["plcs"]:
+            raise ConfigError(f"rig {rig.name!r} has no simatic node {node!r}; "
+                              f"its PLCs: {', '.join(program['plcs']) or 'none'}")
+        plc = program["plcs"][node]
+        calibrations = {spec.name: spec.calibration for spec in rig.channel_specs(node)}
+        self.tags: dict[str, tuple[S7Tag, Calibration]] = {}
+        self.safe: dict[str, float] = {}  # output signal -> safe raw value (0, de-energised, if none declared)
+        for t in plc["tags"]:
+            tag = _in_db(t["address"], t["signal"], db_size)
+            cal = calibrations[t["signal"]]
+            self.tags[t["signal"]] = (tag, cal)
+            if t["direction"] == "out":
+                self.safe[t["signal"]] = 0.0 if t["safe"] is None else cal.to_raw(t["safe"], tag.range)
+        self.watchdog_tag = _in_db(plc["watchdog"]["address"], "watchdog word", db_size)
+        self.trip_tag = _in_db(plc["trips"]["address"], "trip word", db_size)
+        self.interlocks = [PlcInterlock(lock["interlock"], rig.interlocks[lock["interlock"]].require,
+                                        tuple(lock["forces_safe"]), lock["latch"], lock["bit"])
+                           for lock in program["interlocks"] if lock["plc"] == node]
+        self.latched: frozenset[str] = frozenset()  # replaced whole each scan: readers never see it half-done
+
+    def run(self, db: bytearray, *, watchdog_ok: bool) -> dict[str, float]:
+        values = {name: cal.to_physical(tag.get(db)) for name, (tag, cal) in self.tags.items()}
+        host = {name: self.tags[name][0].get(db) for name in self.safe}
+        forced: set[str] = set()
+        latched = set(self.latched)
+        for lock in self.interlocks:
+            if not lock.condition(values):
+                forced.update(lock.outputs)
+                if lock.latch:
+                    latched.add(lock.name)
+            elif lock.name in latched:
+                if all(_same(host[o], self.safe[o]) for o in lock.outputs):
+                    latched.discard(lock.name)  # restart: the condition holds and the host asked for safe
+                else:
+                    forced.update(lock.outputs)
+        self.latched = frozenset(latched)
+        return {self.tags[name][0].address: safe if not watchdog_ok or name in forced else host[name]
+                for name, safe in self.safe.items()}
+
+    def trip_word(self) -> int:
+        return sum(1 << lock.bit for lock in self.interlocks if lock.name in self.latched and lock.bit is not None)
+
+
+def _in_db(address: str, what: str, db_size: int) -> S7Tag:
+    tag = parse_tag(address, channel=what)
+    if tag.db != DB_NUMBER or tag.offset + tag.size > db_size:
+        raise ConfigError(f"PLC tag {what!r} ({tag.address}) is outside the simulated PLC's "
+                          f"DB{DB_NUMBER} of {db_size} bytes; raise the db_size option or move the tag")
+    return tag
+
+
+def _same(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)  # a REAL is float32
+
+
+def load_program(options: dict, node: str, db_size: int) -> PlcProgram:
+    """The rig's program for this node (option `rig`), else the built-in default's."""
+    if options.get("rig"):
+        return PlcProgram(Rig.load(options["rig"]), node, db_size=db_size)
+    return PlcProgram(Rig.from_text(DEFAULT_RIG, source="DEFAULT_RIG"), "plc", db_size=db_size)
+
+
+def plant(effective: dict[str, float], db: bytearray, watchdog_ok: bool) -> tuple[float, float]:
+    """The fixed wiring from the PLC's outputs to the plant: (rf_permit, coil_current_cmd).
+
+    NaN fails safe: a NaN setpoint is 0 A.
+    """
+    def out(tag: S7Tag) -> float:
+        return effective.get(tag.address, tag.get(db) if watchdog_ok else 0.0)
+    setpoint = out(COIL_SETPOINT)
+    coil = min(max(setpoint, 0.0), COIL_MAX_A) if out(COIL_ENABLE) >= 0.5 and not math.isnan(setpoint) else 0.0
+    return (1.0 if out(RF_ENABLE) >= 0.5 else 0.0), coil
 
 
 class Watchdog:
@@ -109,6 +248,8 @@ class SimaticSimulator(DeviceSimulator):
         if db_size < 32:
             raise ValueError(f"db_size {db_size} is too small; DB1 needs at least 32 bytes")
         self.db = bytearray(db_size)  # DB1 itself: snap7's server serves this very buffer
+        self.program = load_program(self.options, node, db_size)
+        self.effective: dict[str, float] = {}  # output tag address -> what the PLC drives, last scan
         self.watchdog = Watchdog(self.watchdog_timeout)
         self.scans = 0
         self.last_error: BaseException | None = None
@@ -180,23 +321,32 @@ class SimaticSimulator(DeviceSimulator):
         state = self.world.state()
         pressure = float(state.get("pressure", math.nan))
         door = float(state.get("door_closed", 0.0)) >= 0.5  # NaN: open, the safe reading
+        program = self.program
         self._server.lock_area(SrvArea.DB, DB_NUMBER)  # the server writes DB1 under the same lock
         try:
             db = self.db
-            watchdog_ok = self.watchdog.update(WATCHDOG_WORD.get(db), now)
-            out = plc_logic(pressure=pressure, door_closed=door, watchdog_ok=watchdog_ok,
-                            coil_enable=bool(COIL_ENABLE.get(db)), setpoint=SETPOINT.get(db))
+            # inputs first, so the logic sees this scan's world
             COIL_ACTUAL.put(db, float(state.get("coil_current", math.nan)))
             PRESSURE.put(db, pressure)
             DOOR_CLOSED.put(db, door)
-            VACUUM_OK.put(db, out.vacuum_ok)
-            RF_PERMIT.put(db, out.rf_permit)
+            VACUUM_OK.put(db, pressure < VACUUM_OK_PA)
+            watchdog_ok = self.watchdog.update(program.watchdog_tag.get(db), now)
             WATCHDOG_OK.put(db, watchdog_ok)
+            effective = program.run(db, watchdog_ok=watchdog_ok)
+            rf_permit, coil = plant(effective, db, watchdog_ok)
+            RF_PERMIT.put(db, rf_permit)
+            program.trip_tag.put(db, program.trip_word())
         finally:
             self._server.unlock_area(SrvArea.DB, DB_NUMBER)
-        self._actuate("coil_current_cmd", out.coil_current_cmd, now)
-        self._actuate("rf_permit", 1.0 if out.rf_permit else 0.0, now)
+        self.effective = effective
+        self._actuate("coil_current_cmd", coil, now)
+        self._actuate("rf_permit", rf_permit, now)
         self.scans += 1
+
+    @property
+    def plc_trips(self) -> list[str]:
+        """The PLC interlocks latched now (holding their outputs safe)."""
+        return sorted(self.program.latched)
 
     def _actuate(self, name: str, value: float, now: float) -> None:
         sent = self._sent.get(name)

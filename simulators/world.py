@@ -174,6 +174,17 @@ class WorldServer:
             "control": self._bind(self.rep, host),
         }
         self._stop = threading.Event()
+        # input -> [value, when it last changed (time.monotonic(): one clock for every process
+        # of this host)], so benchmarks time a trip by the devices, not by who asked for it
+        self.changed: dict[str, list[float]] = {}
+
+    def _set_input(self, name: str, value: float) -> float:
+        now = time.monotonic()
+        self.model.set_input(name, value)
+        last = self.changed.get(name)
+        if last is None or last[0] != value:
+            self.changed[name] = [value, now]
+        return now
 
     @staticmethod
     def _bind(sock, host):
@@ -189,13 +200,14 @@ class WorldServer:
         op = request.get("op")
         if op == "snapshot":
             return {"ok": True, "state": self.faults.filter(self.model.state()),
-                    "inputs": dict(self.model.inputs), "faults": self.faults.snapshot()}
+                    "inputs": dict(self.model.inputs), "faults": self.faults.snapshot(),
+                    "changed": {k: {"value": v, "at": t} for k, (v, t) in self.changed.items()},
+                    "now": time.monotonic()}
         if op == "set":
-            self.model.set_input(request["name"], request["value"])
-            return {"ok": True}
+            return {"ok": True, "at": self._set_input(request["name"], request["value"])}
         if op == "fault":
             self.faults.apply(request, self.model.state())
-            return {"ok": True, "faults": self.faults.snapshot()}
+            return {"ok": True, "faults": self.faults.snapshot(), "at": time.monotonic()}
         if op == "ping":
             return {"ok": True}
         raise ValueError(f"unknown op {op!r}; allowed: snapshot, set, fault, ping")
@@ -217,7 +229,7 @@ class WorldServer:
                         except zmq.Again:
                             break
                         try:
-                            self.model.set_input(msg["name"], msg["value"])
+                            self._set_input(msg["name"], msg["value"])
                         except (KeyError, ValueError):
                             pass  # a device simulator's bug must not stop the world
                 elif sock is self.rep:

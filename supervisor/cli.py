@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -253,6 +254,53 @@ def safe(state_dir: Optional[Path] = StateOpt,
 
 @app.command()
 @friendly
+def guard(rig: Path = RigArg,
+          broker: Optional[str] = typer.Option(None, help="MQTT broker URL, or 'none' (default: the rig's, "
+                                               "else the cluster's)."),
+          state_dir: Optional[Path] = StateOpt):
+    """Run the rig's guard in the foreground until SIGTERM: leases on every node, cross-node interlocks."""
+    import logging
+    from .guard import serve_guard
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    raise typer.Exit(serve_guard(str(rig), directory=_state(state_dir), broker=broker))
+
+
+@app.command()
+@friendly
+def rearm(interlock: str = typer.Argument(..., help="The tripped interlock's name."),
+          state_dir: Optional[Path] = StateOpt):
+    """Re-arm a tripped interlock (refused while its condition still fails), wherever it is latched."""
+    from .safety import rearm as rearm_interlock
+    result = rearm_interlock(interlock, _state(state_dir))
+    out.print(f"{interlock}: " + ("re-armed" if result.get("rearmed") else result.get("detail", "not tripped")))
+
+
+@app.command()
+@friendly
+def trips(as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+          state_dir: Optional[Path] = StateOpt):
+    """Every latched trip of the running cluster: the guard's and each node's."""
+    import json as _json
+    from .safety import all_trips
+    found = all_trips(_state(state_dir))
+    if as_json:
+        print(_json.dumps(found, indent=2))
+        return
+    table = Table(title="latched trips", title_justify="left")
+    for col in ("where", "interlock", "layer", "time", "reason"):
+        table.add_column(col)
+    for where, entries in found.items():
+        if isinstance(entries, str):
+            table.add_row(where, "-", "-", "-", entries)
+            continue
+        for t in entries:
+            table.add_row(where, t["interlock"], t.get("layer", "node"),
+                          time.strftime("%H:%M:%S", time.localtime(t["time"])), t["reason"])
+    out.print(table)
+
+
+@app.command()
+@friendly
 def logs(name: str = typer.Argument(..., help="A node (its runtime's log), or sim-NODE, sim-world, broker."),
          lines: int = typer.Option(40, "-n", help="How many lines from the end."),
          state_dir: Optional[Path] = StateOpt):
@@ -289,7 +337,7 @@ def kernel_install(rig: Path = RigArg,
 @friendly
 def plc_tags(rig: Path = RigArg, as_json: bool = typer.Option(False, "--json", help="Print as JSON.")):
     """Print the PLC tags and the interlock conditions the real PLC program must implement."""
-    from .plc import plc_program
+    from .rig.plc import plc_program
     from .rig import Rig
     program = plc_program(Rig.load(rig))
     if as_json:
@@ -307,13 +355,21 @@ def plc_tags(rig: Path = RigArg, as_json: bool = typer.Option(False, "--json", h
                           "" if t["safe"] is None else f"{t['safe']:g}")
         wd = plc["watchdog"]
         table.add_row("(watchdog word)", wd["address"], wd["type"], "in", "", "", "")
+        table.add_row("(trip word)", plc["trips"]["address"], plc["trips"]["type"], "out", "", "", "")
         out.print(table)
         out.print(f"watchdog: {wd['rule']}", markup=False)
+        out.print(f"trip word: {plc['trips']['rule']}", markup=False)
+        out.print(f"interlocks: {plc['interlock_rule']}", markup=False)
     table = Table(title="interlocks the PLC program implements on its own tags", title_justify="left")
-    for col in ("interlock", "PLC", "requires", "forces safe"):
+    several = len(program["plcs"]) > 1  # then each row names its PLC
+    names = [f"{lock['plc']}: {lock['interlock']}" if several else lock["interlock"] for lock in program["interlocks"]]
+    table.add_column("interlock", no_wrap=True)  # never cut a name one greps for
+    for col in ("requires", "forces safe", "bit"):
         table.add_column(col)
-    for lock in program["interlocks"]:
-        table.add_row(lock["interlock"], lock["plc"], lock["requires"], ", ".join(lock["forces_safe"]))
+    for name, lock in zip(names, program["interlocks"]):
+        bit = "-" if lock["bit"] is None else str(lock["bit"])
+        table.add_row(name, lock["requires"], ", ".join(lock["forces_safe"]),
+                      bit if lock["latch"] else f"{bit} (no latch)")
     out.print(table)
     if program["elsewhere"]:
         table = Table(title="interlocks on signals the PLC does not have (node and supervisor layers; wire these "
@@ -378,6 +434,8 @@ def up(rig: Path = RigArg,
                           info.get("url") or ", ".join(info.get("endpoints", {}).values()), f"sim-{name}")
     for node, info in record["nodes"].items():
         table.add_row(f"runtime {node}", str(info["pid"]), info.get("endpoint", ""), node)
+    if record.get("guard"):
+        table.add_row("guard", str(record["guard"]["pid"]), record["guard"].get("endpoint", ""), "guard")
     for name, info in [*record["nodes"].items(), ("supervisor", record.get("supervisor") or {})]:
         if info.get("kernel_pid"):
             table.add_row(f"kernel {name}", str(info["kernel_pid"]), short(info["connection_file"]), f"kernel-{name}")
@@ -411,6 +469,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
         trips = ", ".join(str(t) for t in n["trips"]) if n["trips"] else "none"
         kernel = state(n["kernel"]) if n["kernel_pid"] else "not started"
         table.add_row(node, state(n["runtime"]), kernel, age, trips, str(n["pid"]), n["endpoint"] or "")
+    g = st.get("guard")
+    if g:
+        table.add_row("(guard)", state("online" if g["online"] else "offline"), "", "",
+                      ", ".join(g["trips"]) or "none", str(g["pid"] or "-"), g["endpoint"] or "")
     if st["supervisor"]:
         table.add_row("(supervisor)", "", state(st["supervisor"]["kernel"]), "", "",
                       str(st["supervisor"]["kernel_pid"]), "")

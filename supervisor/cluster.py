@@ -61,6 +61,11 @@ def runtime_command(rig_path: str, node: str, directory: Path, *, sim: bool, bro
     return args + (["--sim"] if sim else [])
 
 
+def guard_command(rig_path: str, directory: Path, *, broker: str | None) -> list[str]:
+    args = ["-m", "labrig.supervisor.cli", "guard", rig_path, "--state-dir", str(directory)]
+    return args + (["--broker", broker] if broker else [])
+
+
 def kernel_command(connection_file: Path | str, rig_path: str, directory: Path | None, *, node: str | None = None,
                    sim: bool = False) -> list[str]:
     """`python -m ...` arguments of a node kernel (node=NAME) or of the supervisor kernel.
@@ -119,7 +124,8 @@ def _start(rig: Rig, directory: Path, *, sim: bool, broker: str | None, kernels:
     deadline = time.monotonic() + timeout
     record: dict[str, Any] = {"rig": str(rig.path), "rig_name": rig.name, "sim": sim, "kernels": kernels,
                               "state_dir": str(directory), "started": time.time(), "up_pid": os.getpid(),
-                              "broker": None, "started_testbed": False, "nodes": {}, "supervisor": None}
+                              "broker": None, "started_testbed": False, "nodes": {}, "guard": None,
+                              "supervisor": None}
     auth = {"username": rig.spec.broker.username, "password_env": rig.spec.broker.password_env,
             "tls": rig.spec.broker.tls}
     # The record is written after every step, so a `down` after a crashed `up` finds every process.
@@ -158,6 +164,14 @@ def _start(rig: Rig, directory: Path, *, sim: bool, broker: str | None, kernels:
         write_state(STATE_NAME, record, directory)
         for node, endpoint in _wait_runtimes(procs, directory, deadline).items():
             record["nodes"][node]["endpoint"] = endpoint
+        write_state(STATE_NAME, record, directory)
+
+        part = "the guard"  # leases on every node and the cross-node interlocks, before anyone drives them
+        args = guard_command(str(rig.path), directory, broker=runtime_broker)
+        proc = _spawn(args, name="guard", log_dir=log_dir, directory=directory)
+        record["guard"] = {"pid": proc.pid, "cmd": _marker(args), "log": str(log_dir / "guard.log")}
+        write_state(STATE_NAME, record, directory)
+        record["guard"]["endpoint"] = _wait_guard(proc, directory, deadline)
         write_state(STATE_NAME, record, directory)
 
         if kernels:
@@ -280,6 +294,18 @@ def _wait_runtimes(procs: dict[str, subprocess.Popen], directory: Path, deadline
             raise ClusterError(f"the runtime of node {late[0]!r} was not ready in time "
                                f"(also late: {', '.join(late[1:]) or 'none'}):\n"
                                + log_tail(directory / "logs" / f"node-{late[0]}.log"))
+        time.sleep(0.05)
+
+
+def _wait_guard(proc: subprocess.Popen, directory: Path, deadline: float) -> str:
+    from .guard import GUARD_STATE
+    while True:
+        state = read_state(GUARD_STATE, directory)
+        if state and state.get("pid") == proc.pid:
+            return state["endpoint"]
+        if proc.poll() is not None or time.monotonic() > deadline:
+            how = f"exited with code {proc.returncode}" if proc.poll() is not None else "was not ready in time"
+            raise ClusterError(f"the guard {how} (`labrig logs guard`):\n" + log_tail(directory / "logs" / "guard.log"))
         time.sleep(0.05)
 
 
@@ -425,7 +451,9 @@ def _processes(record: dict[str, Any]) -> dict[str, list[tuple[str, int, str]]]:
     sup = record.get("supervisor") or {}
     if sup.get("kernel_pid"):
         kernels.insert(0, (f"kernel-{SUPERVISOR}", sup["kernel_pid"], sup["kernel_cmd"]))
-    return {"kernels": kernels, "runtimes": runtimes}
+    guard = record.get("guard") or {}
+    guards = [("guard", guard["pid"], guard["cmd"])] if guard.get("pid") else []
+    return {"kernels": kernels, "guard": guards, "runtimes": runtimes}
 
 
 def _alive_parts(record: dict[str, Any]) -> list[str]:
@@ -492,6 +520,7 @@ def stop_cluster(directory: str | os.PathLike | None = None, *, _locked: bool = 
     record["nodes"] = {node: _current_runtime(node, info, directory) for node, info in record.get("nodes", {}).items()}
     groups = _processes(record)
     stopped = _terminate(groups["kernels"])
+    stopped += _terminate(groups["guard"])  # it gives its leases back
     stopped += _terminate(groups["runtimes"], timeout=8.0)  # they drive outputs safe first
     for node, info in record.get("nodes", {}).items():
         state = read_state(node_state_name(node), directory)
@@ -560,12 +589,27 @@ def cluster_status(directory: str | os.PathLike | None = None, *, timeout: float
             broker_out = {"kind": broker.get("kind"), "pid": broker.get("pid"), "url": broker.get("url"),
                           "alive": broker_up.result()}
     sup = record.get("supervisor")
+    from .guard import guard_record
+    guard_live = guard_record(directory)
+    guard_out = None
+    if record.get("guard"):
+        guard_out = {"pid": guard_live["pid"] if guard_live else None, "online": False, "trips": [],
+                     "endpoint": guard_live["endpoint"] if guard_live else None}
+        if guard_live:
+            from .runtime.client import RuntimeClient
+            try:
+                with RuntimeClient(guard_live["endpoint"], node="guard", timeout=timeout,
+                                   client=f"labrig-status-{os.getpid()}") as client:
+                    guard_out.update(online=True, trips=[t["interlock"] for t in client.trips()])
+            except LabrigError:
+                pass
     return {
         "rig": record.get("rig_name"), "rig_path": record.get("rig"), "sim": record.get("sim"),
         "started": record.get("started"),
         "broker": broker_out,
         "simulators": {name: {"pid": info.get("pid"), "alive": info.get("alive")} for name, info in sims.items()},
         "nodes": out_nodes,
+        "guard": guard_out,
         "supervisor": None if not sup else {"kernel": "online" if kernel_up.get(SUPERVISOR) else "offline",
                                             "kernel_pid": sup.get("kernel_pid"),
                                             "connection_file": sup.get("connection_file")},

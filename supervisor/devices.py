@@ -94,7 +94,19 @@ class Coil(Device):
 
 
 class RFGenerator(Device):
+    """The RF amplifier's drive, and (optional roles) the PLC permit it depends on and the host's
+    request for it: `enable()` asks; the PLC grants `permitted()` only while its interlocks hold."""
     roles = ("power",)
+
+    def enable(self, on: bool = True):
+        if "enable" not in self.signals:
+            raise ConfigError(f"device {self.name!r} has no 'enable' signal; declare the PLC's RF request "
+                              "(e.g. enable = \"rf_enable\") in its signals")
+        return self.write("enable", 1.0 if on else 0.0)
+
+    def permitted(self) -> bool:
+        """True while the PLC permits RF (without a 'permit' signal, nothing says otherwise)."""
+        return "permit" not in self.signals or self.read("permit") >= 0.5
 
     def absorbed(self) -> float:
         """Forward minus reflected power [W]."""

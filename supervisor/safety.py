@@ -31,8 +31,8 @@ def drive_safe(links: Mapping[str, RuntimeLink]) -> dict[str, dict]:
 
 def emergency_stop(directory: Path, *, timeout: float = 2.0) -> dict[str, dict]:
     """Drive safe every node that has a runtime recorded in `directory`."""
-    nodes = sorted(p.stem.removeprefix("node-") for p in Path(directory).glob("node-*.json"))
-    links = {node: RuntimeLink(node, directory, client="labrig-safe", timeout=timeout) for node in nodes}
+    links = {node: RuntimeLink(node, directory, client="labrig-safe", timeout=timeout)
+             for node in _runtime_nodes(directory)}
     try:
         return drive_safe(links)
     finally:
@@ -51,3 +51,56 @@ def failures(results: Mapping[str, dict]) -> dict[str, str]:
             if not r["ok"]:
                 out[f"{node}.{output}"] = r["error"]
     return out
+
+
+def _runtime_nodes(directory: Path) -> list[str]:
+    return sorted(p.stem.removeprefix("node-") for p in Path(directory).glob("node-*.json"))
+
+
+def _guard_client(directory: Path, timeout: float):
+    from .guard import guard_record
+    from .runtime.client import RuntimeClient
+    record = guard_record(directory)
+    return RuntimeClient(record["endpoint"], node="guard", client="labrig-cli", timeout=timeout) if record else None
+
+
+def all_trips(directory: Path, *, timeout: float = 2.0) -> dict[str, list[dict] | str]:
+    """{"guard" or node: its latched trips, or why it could not be asked}."""
+    found: dict[str, list[dict] | str] = {}
+    guard = _guard_client(directory, timeout)
+    if guard is not None:
+        with guard:
+            try:
+                found["guard"] = guard.trips()
+            except LabrigError as exc:
+                found["guard"] = f"{type(exc).__name__}: {exc}"
+    for node in _runtime_nodes(directory):
+        link = RuntimeLink(node, directory, client="labrig-cli", timeout=timeout)
+        try:
+            found[node] = link.client.trips()
+        except LabrigError as exc:
+            found[node] = f"{type(exc).__name__}: {exc}"
+        finally:
+            link.close()
+    return found
+
+
+def rearm(interlock: str, directory: Path, *, timeout: float = 2.0) -> dict:
+    """Re-arm an interlock where it is latched: the guard for a cross-node one, else every node that has it."""
+    guard = _guard_client(directory, timeout)
+    if guard is not None:
+        with guard:
+            if interlock in {i for i in guard.status()["interlocks"]}:
+                return guard.rearm(interlock)
+    latched = [node for node, trips in all_trips(directory, timeout=timeout).items()
+               if node != "guard" and isinstance(trips, list) and any(t["interlock"] == interlock for t in trips)]
+    if not latched:
+        return {"interlock": interlock, "rearmed": False, "detail": "is not tripped anywhere"}
+    result: dict = {}
+    for node in latched:
+        link = RuntimeLink(node, directory, client="labrig-cli", timeout=timeout)
+        try:
+            result = link.client.rearm(interlock)
+        finally:
+            link.close()
+    return result

@@ -24,6 +24,7 @@ from .state import read_state, remove_state, state_dir, write_state
 
 STATE_NAME = "sim"
 MARKER = "labrig.simulators"
+RIG_AWARE = {"simatic", "rpi"}  # simulators that take their program / pins from the rig file (option rig=PATH)
 
 
 class TestbedError(LabrigError):
@@ -57,10 +58,11 @@ def start_testbed(rig: Rig, *, seed: int = 0, directory: Path | None = None, hos
         procs = {}
         for node, spec in rig.nodes.items():
             ready = ready_dir / f"{node}.json"
+            options = ["--option", f"rig={rig.path}"] if rig.path and spec.kind in RIG_AWARE else []
             procs[node] = (spawn(["-m", "labrig.simulators", spec.kind, "--node", node,
                                   "--world-state", world["endpoints"]["state"],
                                   "--world-actuators", world["endpoints"]["actuators"],
-                                  "--ready", str(ready), "--host", host],
+                                  "--ready", str(ready), "--host", host, *options],
                                  name=f"sim-{node}", log_dir=log_dir), ready)
             started.append(procs[node][0].pid)
         simulators = {node: wait_ready(p, r, name=f"sim-{node}", timeout=timeout, log_dir=log_dir)

@@ -19,6 +19,13 @@ after connecting, its command socket is replaced by a _Wire that gives every
 exchange the driver's timeout and checks pigpiod's echo of each request. Levels
 are always read from the Pi, never inferred from edges (pigpio can lose the first
 edge after a callback is set up).
+
+Charge pump: with `heartbeat_pin=N` (the rig's node option), a Keepalive thread
+toggles GPIO N every `heartbeat_period` (20 ms). The Pi's safety relay keeps the
+outputs powered only while it sees that pin toggle, so when this process dies or
+hangs (or the link does), the valve and the trigger drop on their own. Each toggle
+waits at most one period for the link and holds it at most HEARTBEAT_IO_TIMEOUT,
+so a dead link delays the driver's other calls by no more than that.
 """
 from __future__ import annotations
 
@@ -36,8 +43,8 @@ from gpiozero.exc import GPIOZeroError
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 from gpiozero.pins.pigpio import PiGPIOFactory
 
-from ..contract import ChannelSpec, Driver
-from ..errors import (ConfigError, DeviceError, FrameError, LinkClosed, LinkError, LinkTimeout)
+from ..contract import ChannelSpec, Driver, Keepalive
+from ..errors import (ConfigError, DeviceError, FrameError, LabrigError, LinkClosed, LinkError, LinkTimeout)
 from ..urls import parse_url
 
 DEFAULT_PORT = 8888  # pigpiod's
@@ -54,6 +61,9 @@ _PLAUSIBLE = {
     22: lambda r: 25 <= r <= 40000,  # PRG: a PWM range
     **{cmd: (lambda r: r == 0) for cmd in (0, 2, 4, 5, 19, 21, 97)},  # MODES PUD WRITE PWM NB NC FG
 }
+HEARTBEAT_PERIOD = 0.02  # s between charge-pump edges: 50 Hz, well inside a relay's ~0.1-0.2 s hold time
+HEARTBEAT_IO_TIMEOUT = 0.1  # s: a toggle gives up sooner than a call (and never after the driver's timeout)
+HEARTBEAT_BACKOFF = 0.25  # s without toggling after a failed toggle: a dead link is not hammered
 _ADDRESS = re.compile(r"(GPIO|PWM)(\d{1,2})")
 _FORMS = "GPIO<n> (digital in, or out) or PWM<n> (out, duty 0..1), n = BCM 0..27, e.g. GPIO17, PWM18"
 
@@ -264,12 +274,23 @@ def _hang_up(pi: pigpio.pi, grace: float) -> None:
 class GPIODriver(Driver):
     bus = "rpi"
 
-    def __init__(self, url: str, channels=(), *, timeout: float = 1.0, name: str = ""):
+    def __init__(self, url: str, channels=(), *, timeout: float = 1.0, name: str = "",
+                 heartbeat_pin: int | None = None, heartbeat_period: float = HEARTBEAT_PERIOD):
         self.factory = None  # the gpiozero pin factory (MockFactory for mock://)
         self.devices: dict[str, object] = {}  # channel name -> gpiozero device
         self._pi: pigpio.pi | None = None
         self._wire: _Wire | None = None
         self._link_ok = True
+        if heartbeat_pin is not None and not (isinstance(heartbeat_pin, int) and 0 <= heartbeat_pin <= MAX_BCM):
+            raise ConfigError(f"{name or url}: heartbeat_pin {heartbeat_pin!r} is not a BCM pin 0..{MAX_BCM}")
+        if not float(heartbeat_period) > 0:
+            raise ConfigError(f"{name or url}: heartbeat_period must be > 0 s, got {heartbeat_period!r}")
+        self.heartbeat_pin = heartbeat_pin
+        self.heartbeat_period = float(heartbeat_period)
+        self.heartbeat: Keepalive | None = None  # toggles the charge pump; stop() it to pull the relay
+        self._beat = None  # the heartbeat pin's gpiozero device
+        self._beat_level = False
+        self._beat_retry_at = 0.0
         super().__init__(url, channels, timeout=timeout, name=name)
 
     # -- addresses ---------------------------------------------------------
@@ -279,6 +300,9 @@ class GPIODriver(Driver):
             raise ConfigError(f"{self.name}: channel {spec.name!r}: address {spec.address!r} is not "
                               f"a Pi pin; allowed: {_FORMS}")
         address = PinAddress(int(match[2]), pwm=match[1] == "PWM")
+        if address.gpio == self.heartbeat_pin:
+            raise ConfigError(f"{self.name}: channel {spec.name!r}: BCM {address.gpio} is the charge-pump "
+                              "heartbeat pin (heartbeat_pin); wire the channel to another pin")
         if address.pwm and spec.direction != "out":
             raise ConfigError(f"{self.name}: channel {spec.name!r}: {spec.address} is a PWM output; "
                               "declare it with direction 'out', or use GPIO<n> for an input")
@@ -305,9 +329,46 @@ class GPIODriver(Driver):
             with self._link("set up the pins"):
                 for name, spec in self.channels.items():
                     self.devices[name] = self._device(spec, self._addresses[name])
+                if self.heartbeat_pin is not None:
+                    self._beat = DigitalOutputDevice(self.heartbeat_pin, initial_value=False,
+                                                     pin_factory=self.factory)
         except BaseException:
             self._close()
             raise
+        self.start_heartbeat()
+
+    # -- the charge pump -----------------------------------------------------
+    def start_heartbeat(self) -> None:
+        """(Re)start toggling the heartbeat pin on a Keepalive thread (open does; tests pull the relay
+        with `heartbeat.stop()` and restore it with this)."""
+        if self._beat is None or self._closed:
+            return
+        if self.heartbeat is not None:
+            self.heartbeat.stop(timeout=2 * self.timeout + 0.5)
+        self.heartbeat = Keepalive(self._toggle, self.heartbeat_period, name=f"pi-heartbeat {self.name}")
+
+    def _toggle(self) -> None:
+        """One charge-pump edge, bounded (see the module's doc)."""
+        if time.monotonic() < self._beat_retry_at:
+            return
+        if not self._io_lock.acquire(timeout=self.heartbeat_period):
+            return  # another call holds the link: skip one edge, the relay holds for several
+        wire, saved = self._wire, None
+        try:
+            if self._closed:
+                return
+            if wire is not None:
+                saved, wire.timeout = wire.timeout, min(wire.timeout, HEARTBEAT_IO_TIMEOUT)
+            with self._link(f"toggle the heartbeat GPIO{self.heartbeat_pin}"):
+                self._beat.value = not self._beat_level
+            self._beat_level = not self._beat_level
+        except LabrigError:
+            self._beat_retry_at = time.monotonic() + HEARTBEAT_BACKOFF
+            raise  # Keepalive keeps it as last_error
+        finally:
+            if wire is not None and saved is not None:
+                wire.timeout = saved
+            self._io_lock.release()
 
     def _connect(self, host: str, port: int) -> PiGPIOFactory:
         _probe(host, port, self.timeout, self.name)
@@ -396,6 +457,11 @@ class GPIODriver(Driver):
                 device.value = raw >= 0.5
 
     def _close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop(timeout=2 * self.timeout + 0.5)  # before the lock: a toggle may hold it
+        if self._beat is not None:
+            self.devices["(heartbeat)"] = self._beat  # released with the channels' devices
+            self._beat = None
         with self._io_lock:
             if self._pi is None or self._link_ok:
                 # A live link: let gpiozero release each pin (PWM off, back to input).

@@ -5,6 +5,7 @@
         rp.write("rf_drive", 0.3)      # out1: a 0.3 V sine into the RF amplifier
         rp.read("interferometer")      # in1: mean of a short acquisition, volts
         rp.registers.read_word(...)    # raw FPGA registers (pyrpl's monitor server), if monitor_port
+        rp.fpga.pid0.configure(...)    # the FPGA's PID/IQ/generator modules (fpga.py), if monitor_port
 
 Channel addresses (case-insensitive):
     in1, in2            fast inputs, +-1 V: the mean of `samples` (default 1024) samples of a
@@ -16,17 +17,25 @@ Channel addresses (case-insensitive):
     aout0..aout3        slow outputs (PWM DACs), 0..1.8 V, read back
     dio0_p..dio7_p, dio0_n..dio7_n   digital pins, 0/1; the direction follows the channel's
 
-Options (keyword or URL query): monitor_port, samples, rf_frequency.
+Options (keyword or URL query): monitor_port, samples, rf_frequency, fpga_backend
+(registers, the default, or pyrpl).
+
+The FPGA fast path and the channels share the DACs. A write to out1/out2 first
+disconnects every FPGA module routed to that output (once this driver has used the
+FPGA), and safe_state() disconnects all of them, whoever configured them: an explicit
+setpoint, a safe state or a trip always takes the output back from a running loop.
 """
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass
 
-from ..contract import ChannelSpec, Driver
+from ..contract import ChannelSpec, Driver, SafeResult
 from ..errors import ConfigError, FrameError, LinkTimeout
 from ..urls import parse_url
+from .fpga import Fpga
 from .monitor import MonitorClient
 from .scpi import SCPIClient
 
@@ -60,7 +69,7 @@ class RedPitayaDriver(Driver):
 
     def __init__(self, url: str, channels=(), *, timeout: float = 1.0, name: str = "",
                  monitor_port: int | None = None, samples: int | None = None,
-                 rf_frequency: float | None = None):
+                 rf_frequency: float | None = None, fpga_backend: str | None = None):
         parsed = parse_url(url, schemes=("tcp",))
         self.host = parsed.host
         self.port = parsed.port or DEFAULT_SCPI_PORT
@@ -72,8 +81,14 @@ class RedPitayaDriver(Driver):
                                   else parsed.option("rf_frequency", DEFAULT_RF_HZ, float))
         if not 0 < self.rf_frequency <= 50e6:
             raise ConfigError(f"{url}: rf_frequency={self.rf_frequency:g} Hz; allowed (0, 50e6]")
+        self.fpga_backend = fpga_backend or parsed.option("fpga_backend", "registers", str)
+        if self.fpga_backend not in ("registers", "pyrpl"):
+            raise ConfigError(f"{url}: fpga_backend={self.fpga_backend!r}; allowed: registers, pyrpl")
         self.scpi: SCPIClient | None = None
         self.registers: MonitorClient | None = None
+        self._fpga: Fpga | None = None
+        self._fpga_used = False  # someone configured the fast path through this driver
+        self._fpga_lock = threading.Lock()
         super().__init__(url, channels, timeout=timeout, name=name)
 
     # -- Driver hooks ------------------------------------------------------
@@ -138,12 +153,15 @@ class RedPitayaDriver(Driver):
     def _write_raw(self, spec: ChannelSpec, pin: Pin, raw: float) -> None:
         with self._io_lock:
             if pin.kind == "out":
+                released = self._release_fpga(f"out{pin.index}") if self._fpga_used else None
                 # The whole waveform every time (one round trip): another client or a *RST
                 # may have changed it, and the amplifier must only ever see our sine.
                 n = pin.index
                 self.scpi.command(f"SOUR{n}:FUNC SINE", f"SOUR{n}:FREQ:FIX {self.rf_frequency:.9g}",
                                   f"SOUR{n}:VOLT:OFFS 0", f"SOUR{n}:VOLT {raw:.6g}",
                                   f"OUTPUT{n}:STATE {'ON' if raw > 0 else 'OFF'}")
+                if isinstance(released, Exception):  # the SCPI write went out; the FPGA may still drive
+                    raise released
             elif pin.kind == "aout":
                 self.scpi.command(f"ANALOG:PIN {pin.scpi_name},{raw:.6g}")
             elif pin.kind == "dio":
@@ -152,10 +170,50 @@ class RedPitayaDriver(Driver):
                 raise ConfigError(f"{self.name}: {spec.name} ({spec.address}) is an input")
 
     def _close(self) -> None:
+        if self._fpga is not None:
+            self._fpga.close()
         if self.registers is not None:
             self.registers.close()
         if self.scpi is not None:
             self.scpi.close()
+
+    # -- the FPGA fast path ---------------------------------------------------------
+    @property
+    def fpga(self) -> Fpga:
+        """The FPGA's PID, IQ and generator modules, over the monitor port (opened on first use)."""
+        fpga = self._fpga_modules()
+        self._fpga_used = True
+        return fpga
+
+    def _fpga_modules(self) -> Fpga:
+        self._check_open()
+        if self.registers is None:
+            raise ConfigError(f"{self.name}: the FPGA is reached through pyrpl's monitor server; add "
+                              f"monitor_port=2222 (its port) to the URL {self.url}")
+        with self._fpga_lock:
+            if self._fpga is None:
+                self._fpga = Fpga(self.registers, backend=self.fpga_backend, name=f"{self.name} (fpga)")
+            return self._fpga
+
+    def _release_fpga(self, output: str) -> list[str] | Exception:
+        """Disconnect FPGA modules from `output`; a failure is returned, so the caller still acts."""
+        try:
+            return self._fpga_modules().release(output)
+        except Exception as exc:  # reported after the channel write, never instead of it
+            return exc
+
+    def safe_state(self) -> dict[str, SafeResult]:
+        """The FPGA lets go of both DACs first (when the board has a monitor port), then every
+        output goes to its safe value. If the FPGA could not be reached, out1/out2 channels are
+        reported not safe: a module may still drive them."""
+        released = self._release_fpga("both") if self.registers is not None and not self.closed else []
+        results = super().safe_state()
+        if isinstance(released, Exception):
+            for name, result in results.items():
+                if self._addresses[name].kind == "out" and result.ok:
+                    results[name] = SafeResult(False, result.value, f"written, but FPGA modules may still drive "
+                                               f"{self.channels[name].address}: {type(released).__name__}: {released}")
+        return results
 
     # -- fast inputs ------------------------------------------------------------
     def _acquire_mean(self, channel: int) -> float:

@@ -168,6 +168,22 @@ FILTER_STAGES = 0x220  # read-only constants of every filtered module
 FILTER_SHIFTBITS = 0x224
 FILTER_MINBW = 0x228
 
+# IQ (slots 5..7): demodulate the input at `frequency`, low-pass both quadratures.
+IQ_FLAGS = 0x100  # bit0 on, bit1 pfd on, bits 3:2 modulation at 2f, bits 5:4 demodulation at 2f
+IQ_ON = 1 << 0
+IQ_PHASE = 0x104  # 32-bit, -degrees/360 * 2**32 (pyrpl inverts it so the phase has the right sign)
+IQ_FREQUENCY = 0x108  # 32-bit phase step per clock: hz / CLOCK_HZ * 2**32
+IQ_OUTPUT_SIGNAL = 0x10C  # what the IQ sends to the DSP bus: IQ_OUTPUT_SIGNALS
+IQ_G1 = 0x110  # 18-bit signed: gain * 2**11 (bandpass path, with IQ_G4)
+IQ_AMPLITUDE = 0x114  # 18-bit signed: volts * 2**17, the coherent modulation on output_direct
+IQ_QUADRATURE_FACTOR = 0x118  # 18-bit signed integer: gain of the demodulated quadrature
+IQ_G4 = 0x11C
+IQ_INPUTFILTER = PID_INPUTFILTER  # the AC-coupling high-pass of the input (one stage)
+IQ_BANDWIDTH = 0x124  # quadrature low-pass filters (2 stages; iq2: 4)
+IQ_BANDWIDTH_STAGES, IQ_BANDWIDTH_SHIFTBITS, IQ_BANDWIDTH_MINBW = 0x230, 0x234, 0x238
+IQ_GAINBITS, IQ_GAIN_SHIFT, IQ_PHASEBITS = 18, 11, 32
+IQ_OUTPUT_SIGNALS = {"quadrature": 0, "output_direct": 1, "pfd": 2, "off": 3, "quadrature_hf": 4}
+
 # Read-only synthesis constants per module kind, at their offsets in the slot.
 CONSTANTS = {
     "pid": {0x200: PID_PSR, 0x204: PID_ISR, 0x208: PID_DSR, 0x20C: PID_GAINBITS,
@@ -294,3 +310,47 @@ def pwm_volts(word: int) -> float:
     high = (word >> dither_bits) & (2 ** AMS_PWM_BITS - 1)
     low = bin(word & ((1 << dither_bits) - 1)).count("1") / dither_bits
     return AMS_FULL_SCALE * (high + low) / 2 ** AMS_PWM_BITS
+
+
+# -- the cascaded first-order filters of PID/IQ inputs and IQ quadratures ------------
+# Each stage is one byte of the word: bit7 on, bit6 high-pass, bits 4:0 a shift k giving
+# y += alpha * (x - y) per clock with alpha = 2**k / 2**maxshift; maxshift follows from
+# the slowest bandwidth the image was built for (minbw). pyrpl multiplies the widest
+# settings (alpha >= 2**-9, above ~40 kHz) by empirical corrections; labrig reports
+# the plain first-order bandwidth, so the two differ there by up to 1.65x.
+def _filter_maxshift(minbw: float) -> int:
+    return int(math.floor(math.log2(CLOCK_HZ / minbw))) + 1
+
+
+def filter_bandwidths(minbw: float) -> list[float]:
+    """The low-pass bandwidths (Hz) a stage can have, slowest first (high-passes: negated)."""
+    top = _filter_maxshift(minbw)
+    return [-math.log(1.0 - 2.0 ** (k - top)) * CLOCK_HZ / (2 * math.pi) for k in range(0, top - 2)]
+
+
+def filter_word(bandwidths, stages: int, minbw: float) -> int:
+    """Bandwidths (Hz; 0 off, > 0 low-pass, < 0 high-pass) -> the filter word, nearest setting
+    of filter_bandwidths() (wider settings exist but stop being first-order filters)."""
+    top = _filter_maxshift(minbw)
+    word = 0
+    for i, bw in enumerate(list(bandwidths)[:stages]):
+        if bw == 0:
+            continue
+        alpha = 1.0 - math.exp(-abs(bw) * 2 * math.pi / CLOCK_HZ)
+        shift = min(max(round(math.log2(alpha * 2 ** top)), 0), top - 3)
+        word |= (0x80 | (0x40 if bw < 0 else 0) | shift) << (8 * i)
+    return word
+
+
+def filter_from_word(word: int, stages: int, minbw: float, shiftbits: int = 5) -> list[float]:
+    top = _filter_maxshift(minbw)
+    out = []
+    for i in range(stages):
+        stage = (word >> (8 * i)) & 0xFF
+        if not stage & 0x80:
+            out.append(0.0)
+            continue
+        alpha = 2.0 ** ((stage & (2 ** shiftbits - 1)) - top)
+        bw = -math.log(1.0 - alpha) * CLOCK_HZ / (2 * math.pi) if alpha < 1 else CLOCK_HZ
+        out.append(-bw if stage & 0x40 else bw)
+    return out

@@ -18,12 +18,13 @@ CELLS = [
     "rig",
     "rig.status()",
     # ion saturation on the probe, coils enabled; then gas and field ramp inside their runtimes
-    'rig["probe_bias"].write(-80)\nrig["coil_enable"].write(1)\n'
+    'rig["probe_bias"].ramp(-80)\nrig["coil_enable"].write(1)\n'
     'rig["gas_flow"].ramp(20)\nrig["coil_current_set"].ramp(400)',
     "import time\ntime.sleep(2.0)\n"
     'print(f"gas {rig[\'gas_flow\'].read():.1f} sccm, pressure {rig[\'pressure\'].read():.3f} Pa, '
     'B {rig.coil.field():.3f} T")',
-    'rig["rf_power"].ramp(735)\ntime.sleep(3.0)',
+    # the PLC grants the RF permit on request, with vacuum and the door closed; then the RF ramp
+    'rig.rf.enable()\ntime.sleep(0.2)\nprint(f"RF permit: {rig.rf.permitted()}")\nrig["rf_power"].ramp(735)\ntime.sleep(3.0)',
     'print(f"n_e (Langmuir) = {rig.langmuir.density():.2e} m^-3, n_e (interferometer) = '
     '{rig.interferometer.density():.2e} m^-3, absorbed RF {rig.rf.absorbed():.0f} W")\n'
     "rig.langmuir.density()",

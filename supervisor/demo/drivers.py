@@ -122,6 +122,11 @@ def run(rig: Rig, record: dict) -> bool:
         _hold(0.8, show("gas on"))
         bench.ramp("coil_current_set", COIL_A, on_step=show("B field ramp"))
         _hold(1.0, show("B field"))
+        bench.devices["rf"].enable()  # ask the PLC for the RF permit: it grants it with vacuum and door closed
+        _hold(0.1, show("RF permit"))
+        if not bench.devices["rf"].permitted():
+            print("the PLC did not grant the RF permit (vacuum? door?)")
+            return False
         bench.ramp("rf_power", RF_W, on_step=show("RF ramp"))
         _hold(1.5, show("RF on"))
         on = reading(bench)

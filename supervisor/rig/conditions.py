@@ -3,7 +3,8 @@
     "pressure < 5 and door_closed == 1"
     "0.05 <= pressure <= 2 and not rf_reflected > 300"
 
-Only comparisons, `and`/`or`/`not`, numbers, True/False and signal names are
+Only comparisons, `and`/`or`/`not`, numbers, True/False, signal names and
+`NODE.online` (whether the supervisor's guard reaches that node's runtime) are
 allowed; anything else (calls, attributes, arithmetic on strings) is refused
 when the rig file is loaded, not when the interlock fires.
 """
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from labrig.drivers.errors import ConfigError
+
+ONLINE = "online"  # `rp1.online`: the only attribute a condition may name
 
 _COMPARE = {ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
             ast.Eq: operator.eq, ast.NotEq: operator.ne}
@@ -79,6 +82,11 @@ def _compile(node, source, names):
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, bool)):
         value = float(node.value)
         return lambda v: value
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+            and node.attr == ONLINE and isinstance(node.ctx, ast.Load)):
+        name = f"{node.value.id}.{ONLINE}"  # 1 while the supervisor's guard reaches that node's runtime
+        names.append(name)
+        return lambda v: float(v[name])
     if isinstance(node, ast.Name):
         if node.id in ("True", "False"):
             value = float(node.id == "True")
@@ -87,4 +95,4 @@ def _compile(node, source, names):
         name = node.id
         return lambda v: float(v[name])
     raise ConfigError(f"condition {source!r}: {ast.unparse(node)!r} is not allowed; use signal names, "
-                      "numbers, comparisons, + - * /, and/or/not")
+                      "numbers, NODE.online, comparisons, + - * /, and/or/not")

@@ -125,7 +125,11 @@ def cross_check(spec: RigSpec) -> list[tuple[str, str]]:
             add(f"{base}.require", str(exc))
         else:
             for sig_name in cond.signals:
-                if sig_name not in spec.signals:
+                if sig_name.endswith(".online"):
+                    node = sig_name.rsplit(".", 1)[0]
+                    if node not in spec.nodes:
+                        add(f"{base}.require", f"{sig_name!r}: unknown node {node!r}{_close(node, spec.nodes)}")
+                elif sig_name not in spec.signals:
                     add(f"{base}.require", f"unknown signal {sig_name!r}{_close(sig_name, spec.signals)}")
         if not lock.outputs:
             add(f"{base}.outputs", "an interlock must force at least one output")
@@ -153,6 +157,21 @@ def cross_check(spec: RigSpec) -> list[tuple[str, str]]:
                 add(f"{base}.actuate", f"{sig_name!r} is an input; a loop actuates an output")
         if loop.output_limits is not None and not loop.output_limits[0] < loop.output_limits[1]:
             add(f"{base}.output_limits", f"must be [low, high] with low < high (got {list(loop.output_limits)})")
+        act, meas = spec.signals.get(loop.actuate), spec.signals.get(loop.measure)
+        if act is not None and act.direction == "out":
+            if act.safe is None:  # where a loop leaves its actuator when its input fails
+                add(f"{base}.actuate", f"{loop.actuate!r} has no safe value; declare signals.{loop.actuate}.safe")
+            lims = loop.output_limits
+            if (lims is not None and act.limits is not None and lims[0] < lims[1]
+                    and not act.limits[0] <= lims[0] < lims[1] <= act.limits[1]):
+                add(f"{base}.output_limits", f"{list(lims)} is outside the limits of {loop.actuate!r} "
+                    f"[{act.limits[0]:g}, {act.limits[1]:g}]")
+        for gain in ("kp", "ki", "kd"):
+            if getattr(loop, gain) < 0:
+                add(f"{base}.{gain}", f"gains are >= 0 (got {getattr(loop, gain):g})")
+        if meas is not None and meas.limits is not None and not meas.limits[0] <= loop.setpoint <= meas.limits[1]:
+            add(f"{base}.setpoint", f"{loop.setpoint:g} is outside the limits of {loop.measure!r} "
+                f"[{meas.limits[0]:g}, {meas.limits[1]:g}]")
     return problems
 
 

@@ -74,6 +74,23 @@ class Rig:
         except KeyError:
             raise ConfigError(f"rig {self.name!r} has no signal {name!r}{_hint(name, self.spec.signals)}") from None
 
+    def node_of(self, name: str) -> str:
+        """The node a condition's name lives on: a signal's node, or NODE for `NODE.online`."""
+        if name.endswith(".online") and name.rsplit(".", 1)[0] in self.spec.nodes:
+            return name.rsplit(".", 1)[0]
+        return self.signal(name).node
+
+    def local_interlocks(self, node: str) -> dict[str, Interlock]:
+        """Interlocks a node's runtime enforces alone: condition and outputs all on that node."""
+        return {name: lock for name, lock in self.interlocks.items()
+                if {self.node_of(s) for s in (*lock.require.signals, *lock.outputs)} == {node}
+                and not any(s.endswith(".online") for s in lock.require.signals)}
+
+    def guarded_interlocks(self) -> dict[str, Interlock]:
+        """Interlocks only the supervisor's guard can evaluate: they span nodes or need a node alive."""
+        local = {name for node in self.spec.nodes for name in self.local_interlocks(node)}
+        return {name: lock for name, lock in self.interlocks.items() if name not in local}
+
     def signals_of(self, node: str) -> dict[str, SignalSpec]:
         self.node(node)
         return {n: s for n, s in self.spec.signals.items() if s.node == node}

@@ -37,6 +37,8 @@ class NodeSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="driver options")
     heartbeat: float = Field(0.5, gt=0, le=60, description="heartbeat period of the node runtime, s")
     telemetry_rate: float = Field(10.0, gt=0, le=10000, description="default telemetry rate, Hz")
+    interlock_period: float = Field(0.01, ge=0.001, le=1, description="how often the runtime checks its "
+                                    "own interlocks, s")
 
 
 class SignalSpec(Strict):
@@ -70,6 +72,7 @@ class InterlockSpec(Strict):
 class WatchdogSpec(Strict):
     lease: float = Field(2.0, gt=0, le=600, description="supervisor lease timeout, s")
     heartbeat_timeout: float = Field(2.0, gt=0, le=600, description="node heartbeat timeout, s")
+    guard_poll: float = Field(0.02, ge=0.005, le=5, description="how often the guard reads cross-node signals, s")
 
 
 class LoopSpec(Strict):
@@ -83,6 +86,8 @@ class LoopSpec(Strict):
     rate: float = Field(100.0, gt=0, le=10000, description="loop rate, Hz")
     output_limits: tuple[float, float] | None = None
     setpoint_rate: float | None = Field(None, gt=0, description="setpoint rate limit, unit/s")
+    stale_after: float | None = Field(None, gt=0, le=600, description="a measurement that has not changed at "
+                                      "all for this long is a stuck sensor, s (noise keeps a live one moving)")
     enabled: bool = False
 
 

@@ -14,6 +14,9 @@ from labrig.drivers.errors import ConfigError, RangeError
 from ..rig.schema import SignalSpec
 
 
+STEP_TIME = 0.05  # s: a direct write may move an output as far as a full-slew ramp does in this time
+
+
 class Envelope:
     def __init__(self, node: str, signals: Mapping[str, SignalSpec]):
         self.node = node
@@ -48,6 +51,20 @@ class Envelope:
             raise RangeError(f"{name} = {value:g} {sig.unit} is outside its limits "
                              f"[{sig.limits[0]:g}, {sig.limits[1]:g}] {sig.unit}".rstrip())
         return value
+
+    def check_step(self, name: str, value: float, current: float | None) -> None:
+        """A direct write is a step: with a max slew, it may move the output by at most
+        max_slew x STEP_TIME from its present setpoint; larger changes are ramps. Going to the
+        safe value is never refused."""
+        sig = self.signals[name]
+        if sig.max_slew is None or current is None or not math.isfinite(current) or value == sig.safe:
+            return
+        largest = sig.max_slew * STEP_TIME
+        if abs(value - current) > largest * (1 + 1e-9):
+            raise RangeError(f"{name}: a direct write from {current:g} to {value:g} {sig.unit} is a step of "
+                             f"{abs(value - current):g} {sig.unit}; its max slew {sig.max_slew:g} {sig.unit}/s allows "
+                             f"steps of {largest:g} {sig.unit} ({STEP_TIME * 1000:g} ms at full slew). "
+                             f"Ramp it instead: ramp({name!r}, {value:g}, rate<={sig.max_slew:g})")
 
     def check_ramp(self, name: str, target, rate) -> tuple[float, float]:
         target = self.check_value(name, target)

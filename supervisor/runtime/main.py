@@ -50,6 +50,24 @@ def load_curve_keys(directory: str | None) -> tuple[bytes | None, bytes | None]:
     return secret, public
 
 
+def open_publisher(rig: Rig, part: str, url: str | None):
+    """(publisher or None, publish(suffix, payload, retain)) for `labrig/<rig>/<part>/<suffix>`; the
+    broker's last will marks the part offline."""
+    if not url:
+        return None, lambda suffix, payload, retain: None
+    from ..mqtt import MqttPublisher
+    username = rig.spec.broker.username or None
+    password = os.environ.get(rig.spec.broker.password_env) if rig.spec.broker.password_env else None
+    publisher = MqttPublisher(url, client_id=f"labrig-{rig.name}-{part}-{os.getpid()}",
+                              will=(topic(rig.name, part, "status"), b"offline", True),
+                              username=username, password=password, tls=rig.spec.broker.tls)
+
+    def publish(suffix, payload, retain):
+        # retained state (status, heartbeat, trips) at QoS 1; telemetry batches at QoS 0
+        publisher.publish(topic(rig.name, part, suffix), payload, retain=retain, qos=1 if retain else 0)
+    return publisher, publish
+
+
 def serve_node(rig_path: str, node: str, *, sim: bool = False, directory: Path | None = None,
                bind: str = "127.0.0.1", port: int = 0, broker: str | None = None,
                curve_keys: str | None = None, ready: threading.Event | None = None,
@@ -59,28 +77,18 @@ def serve_node(rig_path: str, node: str, *, sim: bool = False, directory: Path |
     spec = rig.node(node)
     sim_state = read_state("sim", directory)
     secret, public = load_curve_keys(curve_keys)
-    publisher = None
     url = broker_url(rig, directory, broker)
-    if url:
-        from ..mqtt import MqttPublisher
-        username = rig.spec.broker.username or None
-        password = os.environ.get(rig.spec.broker.password_env) if rig.spec.broker.password_env else None
-        publisher = MqttPublisher(url, client_id=f"labrig-{rig.name}-{node}-{os.getpid()}",
-                                  will=(topic(rig.name, node, "status"), b"offline", True),
-                                  username=username, password=password, tls=rig.spec.broker.tls)
+    publisher, publish = open_publisher(rig, node, url)
 
-    def publish(suffix, payload, retain):
-        if publisher is not None:
-            # retained state (status, heartbeat, trips) at QoS 1; telemetry batches at QoS 0
-            publisher.publish(topic(rig.name, node, suffix), payload, retain=retain, qos=1 if retain else 0)
-
-    driver = rig.open_driver(node, sim=sim, sim_state=sim_state)
+    driver = None
     try:
+        driver = rig.open_driver(node, sim=sim, sim_state=sim_state)
         runtime = NodeRuntime(rig, node, driver, bind=bind, port=port, curve_secret_key=secret,
                               curve_public_key=public, publish=publish,
                               audit_path=directory / "audit" / f"{node}.jsonl")
     except Exception:
-        driver.close()
+        if driver is not None:
+            driver.close()
         if publisher:
             publisher.close()
         raise

@@ -25,10 +25,12 @@ from labrig.drivers.contract import Driver
 from labrig.drivers.errors import ConfigError, LabrigError, RangeError, Refused
 
 from ..rig import Rig
-from . import protocol
+from . import fpga_ops, protocol
 from .audit import AuditJournal
 from .envelope import Envelope
 from .interlocks import InterlockWatch, Trip
+from .leases import Leases
+from .loops import LoopEngine
 from .ramps import Ramp, RampEngine
 from .telemetry import TelemetrySampler
 
@@ -88,13 +90,22 @@ class NodeRuntime:
         self._order = itertools.count()
         self._stop = threading.Event()
         self.ramps = RampEngine(self._write_output)
-        own = set(self.envelope.signals)
-        local = {name: lock for name, lock in rig.interlocks.items()
-                 if set(lock.require.signals) <= own and set(lock.outputs) <= own}
-        self.watch = InterlockWatch(local, self.driver.read, self._on_trip)
+        self.watch = InterlockWatch(rig.local_interlocks(node), self.driver.read, self._on_trip,
+                                    period=self.spec.interlock_period)
         rates = {name: sig.rate or self.spec.telemetry_rate for name, sig in self.envelope.signals.items()}
         self.telemetry = TelemetrySampler(self.driver.read, rates, lambda batch: self._publish("telemetry", batch, False),
                                           node=node)
+        # Operations other parts of the runtime add (control loops, the FPGA): op -> fn(args, client).
+        # io_ops touch the hardware and run on the I/O thread, in order; socket_ops are answered at once.
+        self.io_ops: dict[str, Callable[[dict, str], Any]] = {}
+        self.socket_ops: dict[str, Callable[[dict, str], Any]] = {}
+        self.audited = set(self.AUDITED)
+        self.leases = Leases(node)
+        self.socket_ops["lease"] = self._renew_lease
+        self.socket_ops["release"] = lambda args, client: self.leases.release(args.get("holder") or client)
+        self.socket_ops["leases"] = lambda args, client: self.leases.states()
+        self.loops = LoopEngine(self)  # PID loops: ops `loops`, `loop`; a timing thread if the node has loops
+        fpga_ops.install(self)  # a RedPitaya's FPGA modules: op `fpga` (journaled)
         self._worker = threading.Thread(target=self._io_worker, name=f"io-{node}", daemon=True)
         self._worker.start()
         self._heartbeat_seq = 0
@@ -126,31 +137,84 @@ class NodeRuntime:
             name = args.get("signal")
             value = self.envelope.check_value(name, args.get("value"))
             self.watch.check_write(name, value, self.envelope.signals[name].safe)
+            self.envelope.check_step(name, value, self.setpoints.get(name))
+            self.loops.guard(name)  # a loop in auto owns its actuator
             self.ramps.stop(name)  # a direct write ends a ramp on the same output
             return self._write_output(name, value)
         if op == "ramp":
             name = args.get("signal")
             target, rate = self.envelope.check_ramp(name, args.get("target"), args.get("rate"))
             self.watch.check_write(name, target, self.envelope.signals[name].safe)
+            self.loops.guard(name)
             start = self.setpoints.get(name, 0.0)
             return self.ramps.start(Ramp(name, start, target, rate, client=client)).as_dict()
         if op == "safe":
             return self._safe_state()
+        if op == "trip":
+            return self._remote_trip(args, client)
         if op == "rearm":
-            result = self.watch.rearm(args.get("interlock"))
+            result = self.watch.rearm(args.get("interlock"), by_guard=bool(args.get("by_guard")))
             self._publish("trips", {"node": self.node, "time": time.time(), "trips": self.watch.trips()}, True)
             return result
         if op == "status":
             return self._status()
-        raise ConfigError(f"unknown operation {op!r}; allowed: {', '.join(protocol.OPS)}")
+        if op in self.io_ops:
+            return self.io_ops[op](args, client)
+        raise self._unknown(op)
+
+    def _unknown(self, op) -> ConfigError:
+        allowed = [*protocol.OPS, *self.io_ops, *self.socket_ops]
+        return ConfigError(f"unknown operation {op!r}; allowed: {', '.join(allowed)}")
 
     def _safe_state(self) -> dict[str, Any]:
+        """Every output to its safe value; never raises. An output it cannot reach latches a trip."""
+        self.loops.stop_all("safe state requested")
         self.ramps.stop_all("safe state requested")
         results = self.driver.safe_state()
         for name, result in results.items():
             if result.ok:
                 self.setpoints[name] = result.value
+        failed = tuple(name for name, r in results.items() if not r.ok)
+        if failed:
+            errors = {name: results[name].error for name in failed}
+            self.watch.latch(Trip("outputs_unreachable", f"could not drive {', '.join(failed)} safe: {errors}",
+                                  {}, failed, layer="link"), rearm_check=lambda: self._reachable(failed))
         return {name: {"ok": r.ok, "value": r.value, "error": r.error} for name, r in results.items()}
+
+    def _reachable(self, outputs: tuple[str, ...]) -> tuple[bool, str]:
+        for name in outputs:
+            try:
+                self.driver.read(name)
+            except (LabrigError, OSError) as exc:
+                return False, f"{name} is still unreachable ({type(exc).__name__}: {exc})"
+        return True, ""
+
+    def _remote_trip(self, args: dict, client: str) -> dict:
+        """The guard latches a cross-node interlock here: its outputs on this node go safe."""
+        name = str(args.get("interlock") or "")
+        outputs = tuple(args.get("outputs") or ())
+        if not name or not outputs:
+            raise ConfigError("a trip needs an interlock name and the outputs it forces safe")
+        for output in outputs:
+            self.envelope.output(output)
+        trip = self.watch.latch(Trip(name, str(args.get("reason", "")), dict(args.get("values") or {}), outputs,
+                                     layer=str(args.get("layer", "supervisor"))))
+        return trip.as_dict()
+
+    def _renew_lease(self, args: dict, client: str) -> dict:
+        holder = str(args.get("holder") or client)
+        result = self.leases.renew(holder, args.get("ttl"))
+        if result["new"]:  # renewals are not journaled, taking hold is
+            self.audit.record("lease", outcome="ok", client=client, user="", signal=None, value=result["ttl"],
+                              detail=f"{holder} holds node {self.node}")
+        return result
+
+    def _lease_lost(self, holder: str, overdue: float) -> None:
+        """A supervisor that held this node stopped renewing its lease: every output goes safe, latched."""
+        outputs = tuple(n for n, s in self.envelope.signals.items() if s.direction == "out" and s.safe is not None)
+        if outputs:
+            self.watch.latch(Trip("lease_lost", f"the lease of {holder} was not renewed ({overdue:.2f} s overdue): "
+                                  "no supervisor watches this node", {}, outputs, layer="lease"))
 
     def _status(self) -> dict[str, Any]:
         signals = {}
@@ -167,6 +231,7 @@ class NodeRuntime:
             signals[name] = entry
         return {**self._identity(), "kind": self.spec.kind, "url": self.driver.url, "signals": signals,
                 "ramps": self.ramps.states(), "trips": self.watch.trips(), "clients": dict(self.clients),
+                "leases": self.leases.states(),
                 "telemetry": {"rates": dict(self.telemetry.rates), **self.telemetry.stats}}
 
     def _identity(self) -> dict[str, Any]:
@@ -183,6 +248,12 @@ class NodeRuntime:
                 if item is None:
                     return
                 identity, request = item
+                if identity is None:  # a job of the runtime itself (a lost lease)
+                    try:
+                        request()
+                    except Exception:  # noqa: BLE001 - the trip path reports its own failures
+                        pass
+                    continue
                 op, args = request["op"], request.get("args") or {}
                 try:
                     result = self._handle_io(op, args, request.get("client", ""))
@@ -198,6 +269,8 @@ class NodeRuntime:
 
     def _on_trip(self, trip: Trip) -> None:
         """A local interlock failed: its outputs safe now, latched, audited, published (retained)."""
+        if hasattr(self, "loops"):  # (a trip while __init__ runs comes before the loops exist)
+            self.loops.on_trip(trip)  # loops driving these outputs go to manual: they must not fight the trip
         for name in trip.outputs:
             self.ramps.stop(name)
         for name in trip.outputs:
@@ -212,14 +285,14 @@ class NodeRuntime:
                           signal=",".join(trip.outputs), value=trip.values, detail=trip.reason)
         self._publish("trips", {"node": self.node, "time": time.time(), "trips": self.watch.trips()}, True)
 
-    AUDITED = ("write", "ramp", "stop_ramp", "safe", "rearm")
+    AUDITED = ("write", "ramp", "stop_ramp", "safe", "rearm", "trip", "release")
 
     def _audit(self, request: dict, outcome: str, result: Any, detail: str = "") -> None:
         op = request.get("op")
-        if op not in self.AUDITED:
+        if op not in self.audited:
             return
         args = request.get("args") or {}
-        value = args.get("value", args.get("target", args.get("interlock")))
+        value = args.get("value", args.get("target", args.get("interlock", args.get("set"))))
         if op == "safe" and isinstance(result, dict):
             failed = {k: v["error"] for k, v in result.items() if not v["ok"]}
             outcome, detail = ("failed", f"not reached: {failed}") if failed else (outcome, detail)
@@ -227,7 +300,8 @@ class NodeRuntime:
         elif op == "ramp" and outcome == "ok":
             detail = f"rate {args.get('rate')}"
         self.audit.record(op, outcome=outcome, client=str(request.get("client", "")),
-                          user=str(request.get("user", "")), signal=args.get("signal"), value=value, detail=detail)
+                          user=str(request.get("user", "")), signal=args.get("signal", args.get("name")), value=value,
+                          detail=detail)
 
     # -- the socket loop ---------------------------------------------------
     def _answer(self, identity: bytes, reply: dict) -> None:
@@ -260,13 +334,20 @@ class NodeRuntime:
                 result = {"telemetry": self.telemetry.configure(rates)}
             elif op == "trips":
                 result = self.watch.trips()
-            elif op in ("read", "read_many", "write", "ramp", "status", "safe", "rearm"):
+            elif op in self.socket_ops:
+                result = self.socket_ops[op](args, str(request.get("client", "")))
+                self._audit(request, "ok", result)
+            elif op in ("read", "read_many", "write", "ramp", "status", "safe", "rearm", "trip") or op in self.io_ops:
                 if op == "safe":
                     self.ramps.stop_all("safe state requested")  # at once, before the queue
-                self._work.put((URGENT if op == "safe" else NORMAL, next(self._order), (identity, request)))
+                elif op == "trip":
+                    for output in args.get("outputs") or ():
+                        self.ramps.stop(output)
+                self._work.put((URGENT if op in ("safe", "trip") else NORMAL, next(self._order),
+                                (identity, request)))
                 return
             else:
-                raise ConfigError(f"unknown operation {op!r}; allowed: {', '.join(protocol.OPS)}")
+                raise self._unknown(op)
             self._answer(identity, {"id": request.get("id"), "ok": True, "result": result})
         except Exception as exc:
             self._answer(identity, protocol.error_reply(request.get("id"), exc))
@@ -274,7 +355,8 @@ class NodeRuntime:
     def heartbeat(self) -> None:
         self._heartbeat_seq += 1
         self._publish("heartbeat", {**self._identity(), "t": time.time(), "seq": self._heartbeat_seq,
-                                    "trips": [t["interlock"] for t in self.watch.trips()]}, True)
+                                    "trips": [t["interlock"] for t in self.watch.trips()],
+                                    "held_by": sorted(self.leases.holders())}, True)
 
     def serve(self) -> None:
         """Serve until stop(); publishes a heartbeat every `heartbeat` seconds."""
@@ -289,7 +371,10 @@ class NodeRuntime:
             if now >= next_beat:
                 self.heartbeat()
                 next_beat = now + period
-            events = dict(poller.poll(max(1, int((next_beat - now) * 1000)) if not self._stop.is_set() else 0))
+            for holder, overdue in self.leases.expired(now):
+                self._work.put((URGENT, next(self._order), (None, lambda h=holder, o=overdue: self._lease_lost(h, o))))
+            wake = min(next_beat, self.leases.next_deadline() or next_beat)
+            events = dict(poller.poll(max(1, int((wake - now) * 1000) + 1) if not self._stop.is_set() else 0))
             if self.router in events:
                 while True:
                     try:
@@ -311,6 +396,7 @@ class NodeRuntime:
 
     def close(self, *, safe: bool = True) -> None:
         """Stop ramps and telemetry, drive outputs safe (a stopped runtime leaves the board safe), close."""
+        self.loops.close()
         self.watch.close()
         self.ramps.close()
         self.telemetry.close()

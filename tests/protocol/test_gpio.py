@@ -38,7 +38,8 @@ CHANNELS = [
 
 @pytest.fixture
 def sim(world):
-    s = PigpioSimulator(world, node=NODE).start()
+    # the daemon protocol, without the charge-pump relay (tests/protocol/test_charge_pump.py has it)
+    s = PigpioSimulator(world, node=NODE, options={"heartbeat_pin": "none"}).start()
     try:
         yield s
     finally:

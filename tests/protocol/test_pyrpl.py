@@ -132,6 +132,7 @@ def test_pid0_registers(rp, sim):
     # Written from the simulator's side, read through pyrpl: one register map.
     fpga.write_word(base + R.PID_P, R.pid_p_word(-3.0))
     assert pid.p == -3.0
+    pid.i = 0  # the simulated PID runs now: a frozen integrator keeps what is written
     pid.ival = 0.5
     assert pid.ival == 0.5
 

@@ -10,7 +10,9 @@ from labrig.drivers.contract import ChannelSpec, open_driver
 from labrig.drivers.errors import ConfigError, DeviceError, LinkClosed, LinkError, LinkTimeout, RangeError
 from labrig.drivers.simatic.driver import SimaticDriver
 from labrig.drivers.simatic.tags import parse_tag
-from labrig.simulators.simatic import SimaticSimulator, Watchdog, plc_logic
+from labrig.simulators.simatic import DEFAULT_RIG, PlcProgram, SimaticSimulator, Watchdog, plant
+from labrig.supervisor.rig.plc import plc_program
+from labrig.supervisor.rig import Rig
 from support import wait_for
 
 TIMEOUT = 0.5  # s, the driver timeout in these tests
@@ -26,6 +28,8 @@ CHANNELS = [
     ChannelSpec("watchdog_ok", "DB1.DBX12.3"),
     ChannelSpec("watchdog_word", "DB1.DBW14", "out"),
     ChannelSpec("coil_enable", "DB1.DBX16.0", "out", safe_value=0.0),
+    ChannelSpec("rf_enable", "DB1.DBX16.1", "out", safe_value=0.0),
+    ChannelSpec("plc_trips", "DB1.DBW18"),
 ]
 
 
@@ -110,15 +114,57 @@ def test_tag_encoding_is_big_endian_s7():
     assert real.get(image) == 12.5 and flag.get(image) == 1.0 and image[12] == 0x08
 
 
-def test_plc_logic_and_watchdog():
-    ok = dict(pressure=0.4, door_closed=True, watchdog_ok=True, coil_enable=True, setpoint=200.0)
-    assert plc_logic(**ok).rf_permit and plc_logic(**ok).coil_current_cmd == 200.0
-    assert not plc_logic(**{**ok, "door_closed": False}).rf_permit
-    assert not plc_logic(**{**ok, "pressure": 5.0}).vacuum_ok
-    assert not plc_logic(**{**ok, "pressure": float("nan")}).rf_permit
-    assert plc_logic(**{**ok, "watchdog_ok": False}).coil_current_cmd == 0.0
-    assert plc_logic(**{**ok, "coil_enable": False}).coil_current_cmd == 0.0
-    assert plc_logic(**{**ok, "setpoint": 9999.0}).coil_current_cmd == 600.0
+def scan(program, db, *, watchdog_ok=True, **inputs):
+    """Put inputs (by signal name) into a DB image, run one scan; (rf_permit, coil_cmd) to the plant."""
+    for name, value in inputs.items():
+        program.tags[name][0].put(db, value)
+    effective = program.run(db, watchdog_ok=watchdog_ok)
+    return plant(effective, db, watchdog_ok)
+
+
+def test_plc_program_latches_until_the_host_asks_for_safe():
+    program = PlcProgram(Rig.from_text(DEFAULT_RIG), "plc")
+    db = bytearray(32)
+    ok = dict(plc_pressure=0.4, door_closed=1, coil_current_set=200.0, coil_enable=1, rf_enable=1)
+    assert scan(program, db, **ok) == (1.0, 200.0)
+    assert scan(program, db, coil_current_set=9999.0) == (1.0, 600.0)  # clamped to the supply's span
+    assert scan(program, db, coil_current_set=float("nan")) == (1.0, 0.0)
+    assert scan(program, db, watchdog_ok=False, **ok) == (0.0, 0.0)  # stale watchdog: all safe, not latched
+    assert program.latched == frozenset() and scan(program, db, **ok) == (1.0, 200.0)
+    # the door opens: both PLC interlocks force their outputs safe and latch
+    assert scan(program, db, door_closed=0) == (0.0, 0.0)
+    assert program.latched == {"rf_enable_needs_vacuum_and_door", "coil_needs_door_closed"}
+    assert program.trip_word() == 0b11  # bits as `labrig plc tags` numbers them
+    assert scan(program, db, door_closed=1) == (0.0, 0.0)  # closing it again is not enough ...
+    assert scan(program, db, rf_enable=0) == (0.0, 0.0)  # ... the host must write the safe value
+    assert program.latched == {"coil_needs_door_closed"} and program.trip_word() == 0b10
+    assert scan(program, db, rf_enable=1) == (1.0, 0.0)  # then RF may come back; the coil is still latched
+    assert scan(program, db, coil_enable=0) == (1.0, 0.0) and program.latched == frozenset()
+    assert scan(program, db, coil_enable=1) == (1.0, 200.0)
+    # a safe request while the condition fails does not clear the latch
+    assert scan(program, db, plc_pressure=float("nan")) == (0.0, 200.0)  # NaN is not a vacuum
+    assert scan(program, db, rf_enable=0) == (0.0, 200.0)
+    assert program.latched == {"rf_enable_needs_vacuum_and_door"}
+    assert scan(program, db, plc_pressure=0.4) == (0.0, 200.0) and program.latched == frozenset()
+
+
+def test_the_default_program_is_the_example_rigs(ishtar):
+    def essentials(program):
+        tags = [(t["signal"], t["address"], t["direction"], t["safe"]) for t in program["plcs"]["plc1"]["tags"]]
+        locks = [(i["interlock"], i["requires"], i["forces_safe"], i["latch"], i["bit"]) for i in program["interlocks"]]
+        return tags, locks, program["plcs"]["plc1"]["watchdog"]["address"]
+    default = Rig.from_text(DEFAULT_RIG.replace('"plc"', '"plc1"').replace("[nodes.plc]", "[nodes.plc1]"))
+    assert essentials(plc_program(default)) == essentials(plc_program(ishtar))
+
+
+def test_a_bad_rig_for_the_plc_is_refused(ishtar, ishtar_path):
+    with pytest.raises(ConfigError, match="coil_enable.*outside the simulated PLC's DB1 of 16 bytes"):
+        PlcProgram(ishtar, "plc1", db_size=16)
+    with pytest.raises(ConfigError, match="no simatic node 'pi1'"):
+        SimaticSimulator(None, node="pi1", options={"rig": str(ishtar_path)})
+
+
+def test_watchdog():
     dog = Watchdog(timeout=1.0)
     assert not dog.update(0, now=0.0)  # not OK until the host changes the word
     assert not dog.update(0, now=0.5)
@@ -177,22 +223,51 @@ def test_bool_write_keeps_other_bits_of_its_byte(plc, drivers):
         extra.close()
 
 
-def test_rf_permit_follows_door_and_pressure(plc, drivers, world):
+def test_rf_permit_needs_the_hosts_request_and_latches_on_the_door(plc, drivers, world):
     drv = drivers()
-    wait_for(lambda: drv.read("rf_permit") == 1.0, 1.0, "rf_permit with vacuum, door closed, host alive")
+    wait_for(lambda: drv.read("watchdog_ok") == 1.0, 1.0, "the host feeds the watchdog")
+    assert drv.read("rf_permit") == 0.0 and world.get("rf_permit") == 0.0  # nobody asked for RF
+    drv.write("rf_enable", 1)
+    wait_for(lambda: drv.read("rf_permit") == 1.0, 0.5, "rf_permit on the host's request, with vacuum and door")
     assert world.get("rf_permit") == 1.0 and drv.read("door_closed") == 1.0
 
     world.set("door_closed", 0)
-    wait_for(lambda: drv.read("rf_permit") == 0.0, 0.5, "rf_permit drops when the door opens")
-    assert drv.read("door_closed") == 0.0
-    wait_for(lambda: world.get("rf_permit") == 0.0, 0.5, "world rf_permit follows the PLC")
+    # the PLC drops the permit in the scan that sees the door: DBX12.2 and the world together
+    wait_for(lambda: drv.read("door_closed") == 0.0, 0.5, "the PLC sees the door open")
+    assert drv.read("rf_permit") == 0.0 and world.get("rf_permit") == 0.0
+    assert "rf_enable_needs_vacuum_and_door" in plc.plc_trips and int(drv.read("plc_trips")) & 0b01
     world.set("door_closed", 1)
-    wait_for(lambda: drv.read("rf_permit") == 1.0, 0.5, "rf_permit back with the door closed")
+    wait_for(lambda: drv.read("door_closed") == 1.0, 0.5, "the PLC sees the door closed")
+    time.sleep(0.1)  # ten scans: the latch holds although the condition is back and rf_enable is still 1
+    assert drv.read("rf_permit") == 0.0 and world.get("rf_permit") == 0.0 and drv.read("rf_enable") == 1.0
+    assert "rf_enable_needs_vacuum_and_door" in plc.plc_trips
+    drv.write("rf_enable", 0)  # the restart: the host asks for the safe value first ...
+    wait_for(lambda: plc.plc_trips == [], 0.5, "the latch clears once the host wrote rf_enable = 0")
+    assert int(drv.read("plc_trips")) == 0 and drv.read("rf_permit") == 0.0
+    drv.write("rf_enable", 1)  # ... then may enable again
+    wait_for(lambda: world.get("rf_permit") == 1.0, 0.5, "RF permitted again after the restart")
 
     world.fault(kind="sensor", name="pressure", mode="offset", value=10.0)  # the gauge reads > 5 Pa
     wait_for(lambda: drv.read("vacuum_ok") == 0.0, 0.5, "vacuum_ok drops above 5 Pa")
     assert drv.read("rf_permit") == 0.0 and drv.read("pressure") > 5.0
     wait_for(lambda: world.get("rf_permit") == 0.0, 0.5, "world rf_permit off without vacuum")
+
+
+def test_the_door_latches_the_coil_off(plc, drivers, world):
+    drv = drivers()
+    drv.write("coil_I_set", 120.0)
+    drv.write("coil_enable", 1)
+    wait_for(lambda: world.get("coil_current_cmd") == 120.0, 1.0, "coil commanded")
+    world.set("door_closed", 0)
+    wait_for(lambda: world.get("coil_current_cmd") == 0.0, 0.5, "coil off with the door open")
+    world.set("door_closed", 1)
+    wait_for(lambda: drv.read("door_closed") == 1.0, 0.5, "the PLC sees the door closed")
+    time.sleep(0.1)
+    assert world.get("coil_current_cmd") == 0.0 and plc.plc_trips == ["coil_needs_door_closed"]
+    drv.write("coil_enable", 0)  # a scan must see the safe request before the latch clears
+    wait_for(lambda: plc.plc_trips == [], 0.5, "the latch clears once the host wrote coil_enable = 0")
+    drv.write("coil_enable", 1)
+    wait_for(lambda: world.get("coil_current_cmd") == 120.0, 0.5, "coil back after the restart")
 
 
 def test_watchdog_stops_the_coil_when_the_host_stops_feeding(plc, drivers, world):
@@ -326,3 +401,9 @@ def test_safe_state_and_close(plc, drivers, world):
     wait_for(lambda: not [t for t in threading.enumerate() if t.name.endswith(" plc")
                           and t.name.startswith(("s7-link", "s7-watchdog"))],
              2.0, "driver threads gone after close")
+
+
+def test_the_testbeds_plc_runs_the_rigs_interlocks(ishtar, ishtar_path):
+    sim = SimaticSimulator(None, node="plc1", options={"rig": str(ishtar_path)})  # as supervisor.testbed starts it
+    assert [lock.name for lock in sim.program.interlocks] == [
+        lock["interlock"] for lock in plc_program(ishtar)["interlocks"] if lock["plc"] == "plc1"]

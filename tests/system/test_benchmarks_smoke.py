@@ -60,3 +60,22 @@ def test_cluster_rpc_smoke():
     assert abs(ratio - value / baseline) <= 0.01
     value, unit, baseline, ratio = figures["telemetry_n1_gaps"]
     assert unit == "gaps" and baseline == 0 and value >= 0 and ratio == value  # zero baseline: ratio is the value
+
+
+def test_pid_jitter_smoke():
+    # a one-node cluster with its kernels, a 1 kHz loop and a busy cell for half a second
+    figures = run_benchmark("pid_jitter.py", "--seconds", "0.5", "--n", "20")
+    assert set(figures) == {"pid_jitter_p99"}
+    value, unit, baseline, ratio = figures["pid_jitter_p99"]
+    assert unit == "us" and value > 0 and baseline > 0
+    assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio
+
+
+def test_safety_trip_smoke():
+    figures = run_benchmark("safety_trip.py", "--trips", "5", "--leases", "5", "--pid-seconds", "0", timeout=240)
+    assert set(figures) == {"node_trip_p99", "supervisor_trip_p99", "plc_trip_p99", "lease_detect_p99"}
+    for name, (value, unit, baseline, ratio) in figures.items():
+        assert unit == "ms" and value > 0 and baseline > 0, name
+        assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio, name
+    # a lease is never detected before it runs out
+    assert figures["lease_detect_p99"][0] >= figures["lease_detect_p99"][2] * 0.9

@@ -135,10 +135,10 @@ def _world(cluster) -> dict:
 def test_labrig_safe_drives_every_node_safe_at_once(cluster):
     from labrig.supervisor.runtime import RuntimeClient
     nodes = cluster["record"]["nodes"]
-    for node, name, value in (("ard1", "probe_bias", -50.0), ("pi1", "gas_flow", 10.0), ("plc1", "coil_enable", 1)):
+    for node, name, value in (("ard1", "probe_bias", -50.0), ("pi1", "gas_flow", 4.0), ("plc1", "coil_enable", 1)):
         with RuntimeClient(nodes[node]["endpoint"], node=node) as client:
-            client.write(name, value)
-    wait_for(lambda: _world(cluster)["gas_valve"] == 0.2 and _world(cluster)["probe_bias"] < -49, 3, "outputs set")
+            client.ramp(name, value, 500) if name == "probe_bias" else client.write(name, value)
+    wait_for(lambda: _world(cluster)["gas_valve"] == 0.08 and _world(cluster)["probe_bias"] < -49, 3, "outputs set")
     result = labrig(cluster["state"], "safe")
     assert result.returncode == 0, result.stdout + result.stderr
     for node in NODES:

@@ -157,7 +157,7 @@ def test_killed_runtime_goes_offline_its_board_goes_safe_and_a_restart_rejoins(c
     watchdog = rig.node(NODE).options["watchdog_ms"] / 1000
     # outputs away from their safe values (0 V, 0), as the board's own state shows
     with cluster.client() as ard:
-        ard.write("probe_bias", -50.0)
+        ard.ramp("probe_bias", -50.0, 500)  # a step that large is a ramp (max slew 500 V/s)
         ard.write("beacon", 1)
     wait_for(lambda: abs(cluster.world()["probe_bias"] + 50) < PWM_STEP and cluster.world()["beacon"] == 1,
              3, "probe_bias -50 V and beacon 1 on the simulated Arduino")
@@ -182,7 +182,7 @@ def test_killed_runtime_goes_offline_its_board_goes_safe_and_a_restart_rejoins(c
     from labrig.supervisor.runtime.audit import read_journal
     journal = read_journal(cluster.dir / "audit" / f"{NODE}.jsonl")
     confirmed = [(e["op"], e["signal"], e["value"], e["outcome"]) for e in journal]
-    assert ("write", "probe_bias", -50.0, "ok") in confirmed and ("write", "beacon", 1, "ok") in confirmed, confirmed
+    assert ("ramp", "probe_bias", -50.0, "ok") in confirmed and ("write", "beacon", 1, "ok") in confirmed, confirmed
     # (a) the supervisor sees it within the heartbeat timeout plus one heartbeat period
     assert offline_after is not None and offline_after <= timeout + period
     # (b) nothing in labrig runs for ard1 now: the firmware watchdog alone took the outputs safe
@@ -292,7 +292,7 @@ DURATION = SPAN / RAMP["rate"]
 
 def _ramp(ard: RuntimeClient, cluster: Cluster) -> dict:
     """Start probe_bias's ramp in the runtime, from where the world shows it at its start value."""
-    ard.write("probe_bias", RAMP["start"])
+    ard.ramp("probe_bias", RAMP["start"], 500)
     wait_for(lambda: cluster.world()["probe_bias"] == RAMP["start"], 3, "probe_bias at -100 V before the ramp")
     # settle longer than the 0.2 s of history kept before the start: the world's snapshot can show the
     # new value a publish period before its state stream does, and both runs must start from -100 V

@@ -63,9 +63,9 @@ def test_node_kernel_starts_its_runtime_and_shows_node(kernelspecs, testbed):
         out, result, error = run(kc, "node")
         assert error is None, error
         assert "Node ard1 (arduino)" in result["text/plain"]
-        out, result, error = run(kc, 'node["probe_bias"].write(-30.0); round(node["probe_bias"].read(), 1)')
+        out, result, error = run(kc, 'node["probe_bias"].write(-20.0); round(node["probe_bias"].read(), 1)')
         assert error is None, error
-        assert result["application/vnd.labrig.value+json"] == pytest.approx(-30.0, abs=0.6)
+        assert result["application/vnd.labrig.value+json"] == pytest.approx(-20.0, abs=0.6)
         out, result, error = run(kc, "%status")
         assert error is None and "probe_bias" in out and "[-100, 50]" in out
         out, result, error = run(kc, 'node["langmuir_j"]')
@@ -109,7 +109,8 @@ def test_supervisor_kernel_reads_every_signal_by_name(kernelspecs, testbed, isht
         out, result, error = run(kc, "rig['rf_power'].write(5000)")
         assert "RangeError" in error and "[0, 1200] W" in error
         # RF into the empty vessel: the RedPitaya's own interlock trips it, the supervisor shows it
-        out, result, error = run(kc, "rig['rf_power'].write(400)\n"
+        out, result, error = run(kc, "rig.rf.enable()\n"  # ask the PLC for the RF permit first
+                                     "rig['rf_power'].ramp(400, rate=400)\n"
                                      "deadline = time.monotonic() + 5\n"
                                      "while 'rf_reflected_limit' not in repr(rig.status()) and time.monotonic() < deadline:\n"
                                      "    time.sleep(0.1)\n"

@@ -210,15 +210,18 @@ def rp1(testbed, ishtar_path):
 def test_a_local_interlock_trips_latches_refuses_and_rearms_only_when_it_holds(rp1, testbed, ishtar):
     from labrig.drivers.errors import Refused
     control = testbed["world"]["endpoints"]["control"]
-    # the PLC grants the RF permit only while a host feeds its watchdog word: its driver does
+    # the PLC grants the RF permit on the host's request (rf_enable), only while a host feeds its
+    # watchdog word: its driver does
     with ishtar.open_driver("plc1", sim=True, sim_state=testbed) as plc, \
             RuntimeClient(rp1["endpoint"], node="rp1", client="operator") as rp:
+        plc.write("rf_enable", 1)
         assert eventually(lambda: plc.read("rf_permit") == 1, timeout=3)
         assert rp.trips() == []
         # RF into an empty vessel: nothing absorbs it, the matching network reflects most of it
         assert world(testbed, "gas_valve") == 0.0
-        rp.write("rf_power", 400.0)
-        trips = eventually(rp.trips, timeout=2)
+        rp.ramp("rf_power", 400.0, 400)
+        # listed as soon as it latches (writes are refused from then on); `safe` fills as outputs go safe
+        trips = eventually(lambda: [t for t in rp.trips() if t["safe"].get("rf_power")], timeout=3)
         assert trips and trips[0]["interlock"] == "rf_reflected_limit", trips
         assert trips[0]["values"]["rf_reflected"] >= 300 and trips[0]["safe"]["rf_power"]["ok"]
         assert eventually(lambda: world(testbed, "rf_drive") == 0.0, timeout=2)  # the RF drive went to 0
@@ -252,12 +255,12 @@ def test_the_plc_node_trips_the_coil_when_the_door_opens(testbed, ishtar_path):
     with runtime_in_thread("plc1", testbed, ishtar_path) as record, \
             RuntimeClient(record["endpoint"], node="plc1", client="operator") as plc:
         plc.write("coil_enable", 1)
-        plc.write("coil_current_set", 50.0)
+        plc.ramp("coil_current_set", 50.0, 300)
         assert eventually(lambda: world(testbed, "coil_current_cmd") == 50.0, timeout=3)
         world_control(control, {"op": "set", "name": "door_closed", "value": 0})  # someone opens the door
         try:
-            trips = eventually(plc.trips, timeout=3)
-            assert trips and trips[0]["interlock"] == "coil_needs_door_closed", trips
+            trips = eventually(lambda: {t["interlock"]: t for t in plc.trips()}, timeout=3)
+            assert "coil_needs_door_closed" in trips, trips
             assert plc.read("coil_enable") == 0.0
             assert eventually(lambda: world(testbed, "coil_current_cmd") == 0.0, timeout=3)  # no coil current
             with pytest.raises(Refused, match="coil_needs_door_closed"):
@@ -269,3 +272,65 @@ def test_the_plc_node_trips_the_coil_when_the_door_opens(testbed, ishtar_path):
         assert eventually(lambda: plc.read("door_closed") == 1.0, timeout=3)
         assert plc.rearm("coil_needs_door_closed")["rearmed"] is True
         plc.safe()
+
+
+def test_a_direct_write_may_only_step_as_far_as_the_slew_allows(runtime, testbed):
+    with RuntimeClient(runtime["endpoint"], node="ard1", client="operator") as ard:
+        assert ard.write("probe_bias", -20.0) == -20.0  # 20 V: within 500 V/s x 50 ms
+        with pytest.raises(RangeError, match=r"probe_bias: a direct write from -20 to -80 V is a step of 60 V.*"
+                                             r"allows steps of 25 V.*ramp\('probe_bias', -80, rate<=500\)"):
+            ard.write("probe_bias", -80.0)
+        assert ard.status()["signals"]["probe_bias"]["setpoint"] == -20.0  # nothing reached the board
+        assert ard.write("probe_bias", 0.0) == 0.0  # back to safe: never refused, whatever the step
+        assert ("write", "refused") in [(e["op"], e["outcome"]) for e in ard.audit(5)]
+
+
+def test_a_node_whose_lease_runs_out_goes_safe_and_latches(runtime, testbed):
+    from labrig.drivers.errors import Refused
+    with RuntimeClient(runtime["endpoint"], node="ard1", client="operator") as ard, \
+            RuntimeClient(runtime["endpoint"], node="ard1", client="guard-test") as guard:
+        ard.write("beacon", 1)
+        ard.write("probe_bias", -20.0)
+        assert guard.call("lease", holder="guard-test", ttl=0.3)["new"] is True
+        for _ in range(5):  # held: renewed in time, nothing happens
+            time.sleep(0.1)
+            guard.call("lease", holder="guard-test", ttl=0.3)
+        assert ard.trips() == [] and ard.read("beacon") == 1.0
+        lost = time.monotonic()  # the holder stops renewing: the node goes safe on its own
+        trips = eventually(ard.trips, timeout=3)
+        took = time.monotonic() - lost
+        assert trips[0]["interlock"] == "lease_lost" and trips[0]["layer"] == "lease", trips
+        assert "guard-test" in trips[0]["reason"] and took < 0.3 + 0.5
+        assert ard.read("beacon") == 0.0 and abs(world(testbed, "probe_bias")) < 0.6
+        with pytest.raises(Refused, match="lease_lost"):
+            ard.write("beacon", 1)
+        assert ard.call("leases") == {}  # a lost lease is dropped: no one holds the node now
+        assert ard.rearm("lease_lost")["rearmed"] is True
+        assert ard.write("beacon", 1) == 1.0
+        # a holder that leaves cleanly releases its lease: the node is not forced safe
+        guard.call("lease", holder="guard-test", ttl=0.3)
+        assert guard.call("release", holder="guard-test")["released"] is True
+        time.sleep(0.6)
+        assert ard.trips() == [] and ard.read("beacon") == 1.0
+        ops = [e["op"] for e in ard.audit(20)]
+        assert "lease" in ops and "trip" in ops and "release" in ops
+        ard.safe()
+
+
+def test_a_trip_from_the_guard_latches_until_the_guard_rearms_it(runtime, testbed):
+    from labrig.drivers.errors import Refused
+    with RuntimeClient(runtime["endpoint"], node="ard1", client="operator") as ard:
+        ard.write("beacon", 1)
+        trip = ard.call("trip", interlock="beacon_needs_coil", outputs=["beacon"], reason="coil current lost",
+                        values={"coil_current": 0.0})
+        assert trip["layer"] == "supervisor" and trip["safe"]["beacon"]["ok"]
+        assert ard.read("beacon") == 0.0
+        with pytest.raises(Refused, match="beacon_needs_coil tripped"):
+            ard.write("beacon", 1)
+        with pytest.raises(Refused, match="spans nodes.*rig.rearm"):
+            ard.rearm("beacon_needs_coil")
+        with pytest.raises(ConfigError, match="node 'ard1' has no signal 'rf_power'"):
+            ard.call("trip", interlock="x", outputs=["rf_power"])
+        assert ard.call("rearm", interlock="beacon_needs_coil", by_guard=True)["rearmed"] is True
+        assert ard.write("beacon", 1) == 1.0
+        ard.safe()

@@ -69,6 +69,7 @@ def test_sim_up_lights_the_plasma_through_the_drivers(cli_testbed, ishtar):
     try:
         ard.write("probe_bias", -80.0)
         plc.write("coil_enable", 1)
+        plc.write("rf_enable", 1)  # the PLC's RF permit, on the host's request
         ramp(pi, "gas_flow", 0.0, 20.0, 100.0)
         ramp(plc, "coil_current_set", 0.0, 400.0, 300.0)
         ramp(rp, "rf_power", 0.0, 735.0, 400.0)
@@ -101,6 +102,7 @@ def test_without_gas_no_plasma(cli_testbed, ishtar):
             ishtar.open_driver("plc1", sim=True, sim_state=state) as plc:
         ard.write("probe_bias", -80.0)
         plc.write("coil_enable", 1)
+        plc.write("rf_enable", 1)  # the PLC's RF permit, on the host's request
         ramp(plc, "coil_current_set", 0.0, 400.0, 300.0)
         ramp(rp, "rf_power", 0.0, 1000.0, 400.0)
         time.sleep(1.0)

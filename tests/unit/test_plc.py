@@ -4,7 +4,7 @@ import json
 from typer.testing import CliRunner
 
 from labrig.supervisor.cli import app
-from labrig.supervisor.plc import plc_program
+from labrig.supervisor.rig.plc import plc_program
 from labrig.supervisor.rig import Rig
 
 
@@ -19,7 +19,13 @@ def test_plc_program_of_the_example_rig(ishtar):
     on_plc = {lock["interlock"]: lock for lock in program["interlocks"]}
     assert on_plc["coil_needs_door_closed"] == {
         "interlock": "coil_needs_door_closed", "requires": "door_closed == 1", "forces_safe": ["coil_enable"],
-        "description": on_plc["coil_needs_door_closed"]["description"], "plc": "plc1"}
+        "description": on_plc["coil_needs_door_closed"]["description"], "plc": "plc1", "latch": True, "bit": 1}
+    # the host's RF request: the PLC grants the permit only with vacuum and the door closed
+    assert tags["rf_enable"]["address"] == "DB1.DBX16.1:BOOL" and tags["rf_enable"]["safe"] == 0.0
+    assert on_plc["rf_enable_needs_vacuum_and_door"]["requires"] == "plc_pressure < 5 and door_closed == 1"
+    assert on_plc["rf_enable_needs_vacuum_and_door"]["bit"] == 0
+    assert program["plcs"]["plc1"]["trips"]["address"] == "DB1.DBW18"
+    assert "restart" in program["plcs"]["plc1"]["interlock_rule"]
     # the others name what the PLC does not have
     elsewhere = {lock["interlock"]: lock for lock in program["elsewhere"]}
     assert elsewhere["coil_needs_cooling"]["not_on_a_plc"] == {"cooling_flow": "ard1"}
@@ -34,7 +40,8 @@ def test_cli_plc_tags(ishtar_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["plcs"]["plc1"]["watchdog"]["type"] == "INT"
     table = runner.invoke(app, ["plc", "tags", str(ishtar_path)])
-    assert table.exit_code == 0 and "DB1.DBX16.0" in table.output and "coil_needs_door_closed" in table.output
+    assert table.exit_code == 0 and "DB1.DBX16.1" in table.output and "coil_needs_door_closed" in table.output
+    assert "DB1.DBW18" in table.output and "(trip word)" in table.output
 
 
 def test_a_rig_without_a_plc():

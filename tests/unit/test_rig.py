@@ -154,3 +154,26 @@ def test_unknown_device_class_and_missing_role():
     assert "did you mean 'LangmuirProbe'" in found["devices.probe1.class"]
     found, _ = problems(text.replace("LangmuirProbes", "LangmuirProbe"))
     assert "role 'current'" in found["devices.probe1.signals"]
+
+
+def test_a_condition_may_name_a_node_online_and_nothing_else_of_it():
+    rig = Rig.from_text(MINIMAL.replace('require = "probe < 20"', 'require = "ard1.online == 1 and probe < 20"'))
+    lock = rig.interlocks["bias_needs_probe"]
+    assert lock.require.signals == ("ard1.online", "probe")
+    assert lock.require({"ard1.online": 1.0, "probe": 3.0}) and not lock.require({"ard1.online": 0.0, "probe": 3.0})
+    assert rig.node_of("ard1.online") == "ard1"
+    # a liveness condition is the guard's, never the node's own: a dead node cannot judge itself
+    assert rig.local_interlocks("ard1") == {} and list(rig.guarded_interlocks()) == ["bias_needs_probe"]
+    found, _ = problems(MINIMAL.replace('require = "probe < 20"', 'require = "ard2.online == 1"'))
+    assert "'ard2.online': unknown node 'ard2'" in found["interlocks.bias_needs_probe.require"]
+    assert "ard1" in found["interlocks.bias_needs_probe.require"]
+    found, _ = problems(MINIMAL.replace('require = "probe < 20"', 'require = "ard1.alive == 1"'))
+    assert "'ard1.alive' is not allowed" in found["interlocks.bias_needs_probe.require"]
+
+
+def test_the_example_rig_splits_its_interlocks_between_nodes_and_the_guard(ishtar):
+    local = {node: sorted(ishtar.local_interlocks(node)) for node in ishtar.nodes}
+    assert local["rp1"] == ["rf_reflected_limit"]
+    assert local["plc1"] == ["coil_needs_door_closed", "rf_enable_needs_vacuum_and_door"]
+    assert sorted(ishtar.guarded_interlocks()) == ["coil_needs_cooling", "rf_needs_vacuum_door_cooling",
+                                                   "rf_permit_needs_rf_drive_runtime"]

@@ -11,13 +11,19 @@ from typing import Any
 
 from labrig.drivers.simatic.tags import parse_tag
 
-from .rig import Rig
+from .model import Rig
 
 WATCHDOG_TAG = "DB1.DBW14"  # the word the host's driver increments (labrig.drivers.simatic.driver)
+TRIP_TAG = "DB1.DBW18"  # status word: bit i set while the PLC's i-th interlock holds its outputs safe
+TRIP_BITS = 16  # an INT has 16 bits: interlocks beyond the 16th are enforced but not reported there
+RESTART_RULE = ("every scan: an output forced by a failing interlock goes to its safe value; a latching "
+                "interlock keeps it there until its condition holds again AND a scan has seen the host's "
+                "value of that output at its safe value (a restart interlock: nothing comes back on by itself)")
 
 
 def plc_program(rig: Rig) -> dict[str, Any]:
-    """{"plcs": {node: {"connection", "tags": [...], "watchdog": {...}}}, "interlocks": [...], "elsewhere": [...]}."""
+    """{"plcs": {node: {"connection", "tags", "watchdog", "trips", "interlock_rule"}}, "interlocks": [...],
+    "elsewhere": [...]}. The simulated PLC (labrig.simulators.simatic) runs exactly this program."""
     plcs: dict[str, Any] = {}
     for node, spec in rig.nodes.items():
         if spec.kind != "simatic":
@@ -31,16 +37,23 @@ def plc_program(rig: Rig) -> dict[str, Any]:
         plcs[node] = {"connection": spec.connection, "tags": tags,
                       "watchdog": {"address": watchdog, "type": parse_tag(watchdog).type,
                                    "rule": "the host increments it; when it has not changed for the PLC's "
-                                           "watchdog time, drive every output to its safe value"}}
+                                           "watchdog time, drive every output to its safe value"},
+                      "trips": {"address": TRIP_TAG, "type": parse_tag(TRIP_TAG).type,
+                                "rule": "bit i (the interlock's 'bit') is set while that interlock is latched"},
+                      "interlock_rule": RESTART_RULE}
     on_plc, elsewhere = [], []
+    bits: dict[str, int] = {}
     for name, lock in rig.interlocks.items():
         signals = set(lock.require.signals) | set(lock.outputs)
-        nodes = {rig.signal(s).node for s in signals}
+        nodes = {rig.node_of(s) for s in signals}
         entry = {"interlock": name, "requires": lock.require.source, "forces_safe": list(lock.outputs),
                  "description": lock.description}
-        if len(nodes) == 1 and next(iter(nodes)) in plcs:
-            on_plc.append({**entry, "plc": next(iter(nodes))})
+        online = [s for s in signals if s.endswith(".online")]  # the guard's knowledge, not a PLC tag
+        if len(nodes) == 1 and next(iter(nodes)) in plcs and not online:
+            plc = next(iter(nodes))
+            bit = bits[plc] = bits.get(plc, -1) + 1
+            on_plc.append({**entry, "plc": plc, "latch": lock.latch, "bit": bit if bit < TRIP_BITS else None})
         else:
-            missing = sorted(s for s in signals if rig.signal(s).node not in plcs)
-            elsewhere.append({**entry, "not_on_a_plc": {s: rig.signal(s).node for s in missing}})
+            missing = sorted(s for s in signals if rig.node_of(s) not in plcs or s in online)
+            elsewhere.append({**entry, "not_on_a_plc": {s: rig.node_of(s) for s in missing}})
     return {"rig": rig.name, "plcs": plcs, "interlocks": on_plc, "elsewhere": elsewhere}
