@@ -13,8 +13,12 @@ value. One line per figure:
         rf_reflected_limit, watched by the rp1 runtime (node layer): a reflected-power
         reading stuck at +400 W -> the RedPitaya's RF drive at 0. Baseline, from the very
         same crossings: a Bluesky RunEngine running a plan, with a SuspendCeil on an ophyd
-        Signal fed by the world's state stream (as a CA monitor would feed it) -> the plan
-        paused (the suspender's pre-plan runs). Goal: ratio <= 1.
+        Signal polled from the same simulated RedPitaya over its own protocol at the node's
+        interlock_period (the sensor path and rate labrig's check has) -> the plan paused
+        (the suspender's pre-plan runs). Goal: ratio <= 1.
+    figure: node_trip_vs_pushed_bluesky_p99 MS ms baseline MS ratio R
+        the same, against a second RunEngine whose Signal is pushed straight from the world's
+        state stream (an ideal monitor with no device in between): a bound, not a rival.
     figure: supervisor_trip_p99 MS ms baseline MS ratio R
         coil_needs_cooling, a cross-node interlock held by the guard: cooling flow (ard1)
         below 2 L/min -> coil current command 0 (plc1, through the PLC's scan). Baseline:
@@ -49,6 +53,7 @@ RIG = ROOT / "examples" / "ishtar" / "rig.toml"
 RF_W = 20.0  # W: RF power before each node-layer trip (a direct write may step this far)
 COIL_A = 15.0  # A: coil current before each supervisor-layer trip
 LEASE_S = 0.05  # s: the lease the benchmark takes and lets run out
+SCAN_S = 0.01  # s: the simulated PLC's scan period (its default)
 
 
 FIGURES = sys.stdout  # figures only: Bluesky prints its suspensions, and those go to stderr
@@ -139,9 +144,17 @@ class Rig:
 # ---------------------------------------------------------------- Bluesky, the baseline
 
 class BlueskyWatch:
-    """A RunEngine running a plan with a SuspendCeil on rf_reflected, fed by the world's state stream."""
+    """A RunEngine running a plan with a SuspendCeil on an ophyd Signal for rf_reflected.
 
-    def __init__(self, state_endpoint: str, ceiling: float):
+    feed "device": the signal is polled from the simulated RedPitaya over its own protocol
+    (labrig's driver, a connection of its own) every `period`, the path and rate of the node
+    layer's own check: what a Bluesky deployment on this hardware would have. feed "stream":
+    the signal is pushed from the world's state stream, as an ideal monitor would (no device
+    in between at all): a bound no polled device can reach.
+    """
+
+    def __init__(self, feed: str, ceiling: float, *, state_endpoint: str = "", open_driver=None,
+                 period: float = 0.005):
         import zmq
         from bluesky import RunEngine
         from bluesky import plan_stubs as bps
@@ -168,11 +181,18 @@ class BlueskyWatch:
                 yield from bps.sleep(0.005)
 
         self._ctx = zmq.Context()
-        self._sub = self._ctx.socket(zmq.SUB)
-        self._sub.setsockopt(zmq.LINGER, 0)
-        self._sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sub.connect(state_endpoint)
-        self._feeder = threading.Thread(target=self._feed, name="bluesky-feed", daemon=True)
+        self._sub = self._driver = None
+        self.period = period
+        if feed == "stream":
+            self._sub = self._ctx.socket(zmq.SUB)
+            self._sub.setsockopt(zmq.LINGER, 0)
+            self._sub.setsockopt(zmq.SUBSCRIBE, b"")
+            self._sub.connect(state_endpoint)
+            target = self._feed
+        else:
+            self._driver = open_driver()
+            target = self._poll
+        self._feeder = threading.Thread(target=target, name=f"bluesky-{feed}", daemon=True)
         self._runner = threading.Thread(target=lambda: self.RE(plan()), name="bluesky-RE", daemon=True)
         self._feeder.start()
         self._runner.start()
@@ -184,6 +204,18 @@ class BlueskyWatch:
                 value = state.get("rf_reflected")
                 if value is not None and value == value and value != self.signal.get():
                     self.signal.put(value)
+
+    def _poll(self) -> None:
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            next_at += self.period
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+            try:
+                value = self._driver.read("rf_reflected")
+            except Exception:  # noqa: BLE001 - a failed poll is a missed sample, as in an IOC
+                continue
+            if value != self.signal.get():
+                self.signal.put(value)
 
     def paused_after(self, since: float, timeout: float = 5.0) -> float:
         deadline = time.monotonic() + timeout
@@ -199,18 +231,27 @@ class BlueskyWatch:
         self._stop.set()
         self._feeder.join(2)
         self._runner.join(5)
-        self._sub.close(0)
+        if self._sub is not None:
+            self._sub.close(0)
+        if self._driver is not None:
+            self._driver.close()
         self._ctx.term()
 
 
 # ---------------------------------------------------------------- the layers
 
-def node_layer(rig: Rig, trips: int) -> tuple[list[float], list[float]]:
-    """rf_reflected_limit on rp1, and Bluesky's suspender on the same crossings (ms, ms)."""
+def node_layer(rig: Rig, trips: int) -> tuple[list[float], list[float], list[float]]:
+    """rf_reflected_limit on rp1, and two Bluesky suspenders on the same crossings (ms, ms, ms)."""
+    from labrig.supervisor.rig import Rig as RigFile
+    from labrig.supervisor.state import read_state
     rp, plc = rig.nodes["rp1"], rig.nodes["plc1"]
     ceiling = 300.0
-    bluesky = BlueskyWatch(rig.state_endpoint, ceiling)
-    ours, theirs = [], []
+    rig_file = RigFile.load(RIG)
+    bluesky = BlueskyWatch("device", ceiling, period=rig_file.node("rp1").interlock_period,
+                           open_driver=lambda: rig_file.open_driver("rp1", sim=True,
+                                                                    sim_state=read_state("sim", rig.dir)))
+    pushed = BlueskyWatch("stream", ceiling, state_endpoint=rig.state_endpoint)
+    ours, theirs, ideal = [], [], []
     try:
         plc.write("rf_enable", 1)
         for i in range(trips):
@@ -219,14 +260,17 @@ def node_layer(rig: Rig, trips: int) -> tuple[list[float], list[float]]:
             crossed = rig.fault("rf_reflected", "offset", 400.0)
             ours.append((rig.safe_at("rf_drive", 0.0, crossed) - crossed) * 1000)
             theirs.append((bluesky.paused_after(crossed) - crossed) * 1000)
+            ideal.append((pushed.paused_after(crossed) - crossed) * 1000)
             rig.fault("rf_reflected", "clear")
-            rig.until(lambda: rp.read("rf_reflected") < ceiling and bluesky.signal.get() < ceiling, "reflected back")
+            rig.until(lambda: rp.read("rf_reflected") < ceiling and bluesky.signal.get() < ceiling
+                      and pushed.signal.get() < ceiling, "reflected back")
             rig.rearm(rp, "rf_reflected_limit")
             if i and i % 200 == 0:
                 note(f"node layer: {i} trips")
     finally:
         bluesky.close()
-    return ours, theirs
+        pushed.close()
+    return ours, theirs, ideal
 
 
 def supervisor_layer(rig: Rig, trips: int) -> list[float]:
@@ -252,7 +296,8 @@ def plc_layer(rig: Rig, trips: int) -> list[float]:
     plc, rp = rig.nodes["plc1"], rig.nodes["rp1"]
     out = []
     for i in range(trips):
-        plc.write("rf_enable", 0)  # the PLC's restart interlock: the request goes low before it counts again
+        plc.write("rf_enable", 0)  # the PLC's restart interlock: it must see the request low in a scan
+        time.sleep(3 * SCAN_S)
         plc.write("rf_enable", 1)
         rig.until(lambda: rig.world({"op": "snapshot"})["inputs"]["rf_permit"] == 1.0, "RF permit")
         crossed = rig.set("door_closed", 0.0)
@@ -295,17 +340,18 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.stdout = sys.stderr
     from labrig.supervisor.cluster import start_cluster, stop_cluster
-    from labrig.supervisor.rig import Rig as RigFile
     with tempfile.TemporaryDirectory(prefix="labrig-bench-") as tmp:
         directory = Path(tmp) / "state"
         rig = None
         try:
             start_cluster(RIG, sim=True, directory=directory, kernels=False, timeout=120)
             rig = Rig(directory)
-            scan = float(RigFile.load(RIG).node("plc1").options.get("scan_period", 0.01))
-            node, bluesky = node_layer(rig, args.trips)
+            scan = SCAN_S
+            node, bluesky, pushed = node_layer(rig, args.trips)
             figure("node_trip_p99", p99(node), "ms", p99(bluesky), p99(node) / p99(bluesky))
-            note(f"node layer p50 {statistics.median(node):.2f} ms, Bluesky p50 {statistics.median(bluesky):.2f} ms")
+            figure("node_trip_vs_pushed_bluesky_p99", p99(node), "ms", p99(pushed), p99(node) / p99(pushed))
+            note(f"node layer p50 {statistics.median(node):.2f} ms, Bluesky (device-polled) p50 "
+                 f"{statistics.median(bluesky):.2f} ms, Bluesky (stream-fed) p50 {statistics.median(pushed):.2f} ms")
             sup = supervisor_layer(rig, args.trips)
             figure("supervisor_trip_p99", p99(sup), "ms", p99(node), p99(sup) / p99(node))
             note(f"supervisor layer p50 {statistics.median(sup):.2f} ms")

@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Literal
 
 from .calibration import Calibration
 from .errors import ConfigError, LabrigError, LinkClosed, RangeError
+from .linklock import LinkLock
 
 Direction = Literal["in", "out"]
 
@@ -62,7 +63,7 @@ class Driver(ABC):
         self.name = name or url
         self.channels: dict[str, ChannelSpec] = {}
         self._addresses: dict[str, Any] = {}
-        self._io_lock = threading.RLock()  # one transaction on the link at a time
+        self._io_lock = LinkLock()  # one transaction on the link at a time; urgent() ones first
         self._closed = False
         for spec in channels:
             if spec.name in self.channels:
@@ -72,6 +73,11 @@ class Driver(ABC):
         self._open()
 
     # -- public API -------------------------------------------------------
+    def urgent(self):
+        """`with driver.urgent():` this thread's I/O goes before every queued ordinary
+        transaction (interlock checks and the writes of a trip)."""
+        return self._io_lock.urgent()
+
     def read(self, name: str) -> float:
         """The channel's value in physical units."""
         spec = self._spec(name)

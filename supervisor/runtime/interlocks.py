@@ -10,6 +10,7 @@ driven safe ("link"); those re-arm through their own check. The PLC holds the la
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -39,9 +40,11 @@ class InterlockWatch:
     """Evaluates the node's own interlocks every `period` s; `trip(trip)` drives the outputs safe."""
 
     def __init__(self, interlocks: dict[str, Interlock], read: Callable[[str], float],
-                 on_trip: Callable[[Trip], None], *, period: float = 0.01):
+                 on_trip: Callable[[Trip], None], *, period: float = 0.01,
+                 urgent: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.interlocks = interlocks
         self._read = read
+        self._urgent = urgent  # the checks' reads and the trip's writes go before queued I/O
         self._on_trip = on_trip
         self.period = period
         self.tripped: dict[str, Trip] = {}
@@ -88,18 +91,22 @@ class InterlockWatch:
                 return
             if len(self.tripped) >= len(self.interlocks):
                 continue
-            everything, quick_failure = self._values()  # each signal read once per check
-            for name, lock in self.interlocks.items():
-                if name in self.tripped:
-                    continue
-                values = {n: everything[n] for n in lock.require.signals}
-                if lock.require(values):
-                    failing.discard(name)
-                elif quick_failure and name not in failing:
-                    failing.add(name)  # one garbled frame is not a trip; the same at the next check is
-                else:
-                    failing.discard(name)
-                    self._trip(lock, values)
+            with self._urgent():
+                self._check(failing)
+
+    def _check(self, failing: set[str]) -> None:
+        everything, quick_failure = self._values()  # each signal read once per check
+        for name, lock in self.interlocks.items():
+            if name in self.tripped:
+                continue
+            values = {n: everything[n] for n in lock.require.signals}
+            if lock.require(values):
+                failing.discard(name)
+            elif quick_failure and name not in failing:
+                failing.add(name)  # one garbled frame is not a trip; the same at the next check is
+            else:
+                failing.discard(name)
+                self._trip(lock, values)
 
     def _trip(self, lock: Interlock, values: dict) -> Trip:
         reason = f"{lock.name}: requires {lock.require.source}" + (f" ({lock.description})" if lock.description else "")

@@ -91,7 +91,7 @@ class NodeRuntime:
         self._stop = threading.Event()
         self.ramps = RampEngine(self._write_output)
         self.watch = InterlockWatch(rig.local_interlocks(node), self.driver.read, self._on_trip,
-                                    period=self.spec.interlock_period)
+                                    period=self.spec.interlock_period, urgent=self.driver.urgent)
         rates = {name: sig.rate or self.spec.telemetry_rate for name, sig in self.envelope.signals.items()}
         self.telemetry = TelemetrySampler(self.driver.read, rates, lambda batch: self._publish("telemetry", batch, False),
                                           node=node)
@@ -170,7 +170,8 @@ class NodeRuntime:
         """Every output to its safe value; never raises. An output it cannot reach latches a trip."""
         self.loops.stop_all("safe state requested")
         self.ramps.stop_all("safe state requested")
-        results = self.driver.safe_state()
+        with self.driver.urgent():
+            results = self.driver.safe_state()
         for name, result in results.items():
             if result.ok:
                 self.setpoints[name] = result.value
@@ -273,13 +274,14 @@ class NodeRuntime:
             self.loops.on_trip(trip)  # loops driving these outputs go to manual: they must not fight the trip
         for name in trip.outputs:
             self.ramps.stop(name)
-        for name in trip.outputs:
-            safe = self.envelope.signals[name].safe
-            try:
-                self._write_output(name, safe)
-                trip.safe[name] = {"ok": True, "value": safe}
-            except Exception as exc:  # reported with the trip; the device's own watchdog is the next layer
-                trip.safe[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        with self.driver.urgent():  # before any queued telemetry or ordinary request
+            for name in trip.outputs:
+                safe = self.envelope.signals[name].safe
+                try:
+                    self._write_output(name, safe)
+                    trip.safe[name] = {"ok": True, "value": safe}
+                except Exception as exc:  # reported with the trip; the device's own watchdog is the next layer
+                    trip.safe[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         failed = [n for n, r in trip.safe.items() if not r["ok"]]
         self.audit.record("trip", outcome="failed" if failed else "ok", client="runtime", user="",
                           signal=",".join(trip.outputs), value=trip.values, detail=trip.reason)

@@ -73,7 +73,8 @@ def test_pid_jitter_smoke():
 
 def test_safety_trip_smoke():
     figures = run_benchmark("safety_trip.py", "--trips", "5", "--leases", "5", "--pid-seconds", "0", timeout=240)
-    assert set(figures) == {"node_trip_p99", "supervisor_trip_p99", "plc_trip_p99", "lease_detect_p99"}
+    assert set(figures) == {"node_trip_p99", "node_trip_vs_pushed_bluesky_p99", "supervisor_trip_p99", "plc_trip_p99",
+                            "lease_detect_p99"}
     for name, (value, unit, baseline, ratio) in figures.items():
         assert unit == "ms" and value > 0 and baseline > 0, name
         assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio, name
