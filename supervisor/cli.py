@@ -277,6 +277,21 @@ def rearm(interlock: str = typer.Argument(..., help="The tripped interlock's nam
 
 @app.command()
 @friendly
+def override(interlock: str = typer.Argument(..., help="The interlock to bypass."),
+             seconds: float = typer.Argument(..., help="For how long, s (at most 600; 0 ends an override now)."),
+             reason: str = typer.Option("", "--reason", help="Why (required to start one; journaled and published)."),
+             state_dir: Optional[Path] = StateOpt):
+    """Bypass an interlock for a limited time (commissioning); it ends by itself, journaled and published."""
+    from .safety import override as override_interlock
+    result = override_interlock(interlock, seconds, reason, _state(state_dir))
+    if result.get("overridden"):
+        out.print(f"{interlock}: overridden for {result['left']:.0f} s ({result['reason']})")
+    else:
+        out.print(f"{interlock}: not overridden")
+
+
+@app.command()
+@friendly
 def trips(as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
           state_dir: Optional[Path] = StateOpt):
     """Every latched trip of the running cluster: the guard's and each node's."""

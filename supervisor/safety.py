@@ -104,3 +104,23 @@ def rearm(interlock: str, directory: Path, *, timeout: float = 2.0) -> dict:
         finally:
             link.close()
     return result
+
+
+def override(interlock: str, seconds: float, reason: str, directory: Path, *, timeout: float = 2.0) -> dict:
+    """Override an interlock for `seconds` (0 ends it) where it is enforced: the guard, or its node."""
+    from labrig.drivers.errors import ConfigError
+    guard = _guard_client(directory, timeout)
+    if guard is not None:
+        with guard:
+            if interlock in guard.status()["interlocks"]:
+                return guard.call("override", interlock=interlock, seconds=seconds, reason=reason)
+    for node in _runtime_nodes(directory):
+        link = RuntimeLink(node, directory, client="labrig-cli", timeout=timeout)
+        try:
+            return {**link.client.call("override", interlock=interlock, seconds=seconds, reason=reason), "node": node}
+        except ConfigError as exc:
+            if "no interlock" not in str(exc):
+                raise
+        finally:
+            link.close()
+    raise ConfigError(f"no running guard or node enforces an interlock {interlock!r}")

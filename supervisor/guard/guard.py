@@ -23,6 +23,7 @@ from ..rig.model import Interlock
 from ..runtime import protocol
 from ..runtime.audit import AuditJournal
 from ..runtime.locate import RuntimeLink
+from ..runtime.overrides import Overrides
 from .nodewatch import NodeWatch
 
 HOLDER = "guard"
@@ -54,6 +55,7 @@ class Guard:
         self._publish = publish or (lambda topic, payload, retain: None)
         self.audit = AuditJournal(audit_path, node="guard", publish=lambda e: self._publish("audit", e, False))
         self.tripped: dict[str, GuardTrip] = {}
+        self.overrides = Overrides(lambda name: name in self.interlocks, on_end=self._override_ended)
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._deliveries: list[threading.Thread] = []
@@ -104,7 +106,7 @@ class Guard:
         now = time.monotonic()
         with self._lock:
             for name, lock in self.interlocks.items():
-                if name in self.tripped or self._stop.is_set():
+                if name in self.tripped or self._stop.is_set() or self.overrides.active(name):
                     continue
                 if nodes is not None and not nodes & {self.rig.node_of(s) for s in lock.require.signals}:
                     continue
@@ -184,7 +186,7 @@ class Guard:
                 return {"interlock": name, "rearmed": False, "detail": "was not tripped"}
             lock = self.interlocks[name]
             values = self.values(lock)
-            if not lock.require(values):
+            if not lock.require(values) and not self.overrides.active(name):
                 self.audit.record("rearm", outcome="refused", client=client, user="", signal=name, value=values,
                                   detail=f"still requires {lock.require.source}")
                 raise Refused(f"cannot re-arm {name}: it still requires {lock.require.source}; now "
@@ -203,6 +205,22 @@ class Guard:
             raise LabrigError(f"{name} is re-armed in the guard but not on {', '.join(failed)}: {failed}")
         return {"interlock": name, "rearmed": True, "values": values}
 
+    def override(self, name: str, seconds, reason: str, client: str) -> dict:
+        try:
+            result = self.overrides.set(name, seconds, reason, by=client)
+        except LabrigError as exc:
+            self.audit.record("override", outcome="refused", client=client, user="", signal=name, value=seconds,
+                              detail=f"{reason}; {type(exc).__name__}: {exc}")
+            raise
+        self.audit.record("override", outcome="ok", client=client, user="", signal=name, value=seconds, detail=reason)
+        self._publish_trips()
+        return result
+
+    def _override_ended(self, entry: dict) -> None:
+        self.audit.record("override_end", outcome="ok", client=HOLDER, user="", signal=entry["interlock"], value=None,
+                          detail=f"{entry['ended']}; was: {entry['reason']} (by {entry['by']})")
+        self._publish_trips()
+
     def trips(self) -> list[dict]:
         with self._lock:
             return [t.as_dict() for t in self.tripped.values()]
@@ -216,11 +234,13 @@ class Guard:
                                  "tripped": name in self.tripped, "values": self.values(lock, now)}
                           for name, lock in self.interlocks.items()}
         return {"guard": True, "rig": self.rig.name, "endpoint": self.endpoint, "nodes": nodes,
-                "interlocks": interlocks, "trips": self.trips(), "poll": self.poll,
+                "interlocks": interlocks, "trips": self.trips(), "overrides": self.overrides.states(),
+                "poll": self.poll,
                 "lease": self.rig.spec.watchdogs.lease, "online_timeout": self.online_timeout}
 
     def _publish_trips(self) -> None:
-        self._publish("trips", {"node": "guard", "time": time.time(), "trips": self.trips()}, True)
+        self._publish("trips", {"node": "guard", "time": time.time(), "trips": self.trips(),
+                                "overrides": self.overrides.states()}, True)
 
     # -- the socket loop -------------------------------------------------
     def _handle(self, request: dict) -> Any:
@@ -235,7 +255,13 @@ class Guard:
             return self.rearm(str(args.get("interlock")), str(request.get("client", "")))
         if op == "audit":
             return self.audit.recent(int(args.get("count", 50)))
-        raise ConfigError(f"unknown operation {op!r} for the guard; allowed: ping, status, trips, rearm, audit")
+        if op == "override":
+            return self.override(str(args.get("interlock")), args.get("seconds"), str(args.get("reason", "")),
+                                 str(request.get("client", "")))
+        if op == "overrides":
+            return self.overrides.states()
+        raise ConfigError(f"unknown operation {op!r} for the guard; allowed: ping, status, trips, rearm, audit, "
+                          "override, overrides")
 
     def serve(self, heartbeat: float = 0.5) -> None:
         self._publish("status", "online", True)
@@ -247,6 +273,7 @@ class Guard:
                 self._publish("heartbeat", {"node": "guard", "t": time.time(), "trips": list(self.tripped),
                                             "online": {n: w.online(now) for n, w in self.watches.items()}}, True)
                 next_beat = now + heartbeat
+            self.overrides.expire()
             self.evaluate()  # ages values out even when no reading comes
             if not self.router.poll(int(self.poll * 1000)):
                 continue

@@ -20,6 +20,7 @@ from typing import Callable
 from labrig.drivers.errors import ConfigError, LinkTimeout, Refused
 
 from ..rig.model import Interlock
+from .overrides import Overrides
 
 
 @dataclass
@@ -41,7 +42,8 @@ class InterlockWatch:
 
     def __init__(self, interlocks: dict[str, Interlock], read: Callable[[str], float],
                  on_trip: Callable[[Trip], None], *, period: float = 0.01,
-                 urgent: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+                 urgent: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 on_override_end: Callable[[dict], None] = lambda entry: None):
         self.interlocks = interlocks
         self._read = read
         self._urgent = urgent  # the checks' reads and the trip's writes go before queued I/O
@@ -50,6 +52,7 @@ class InterlockWatch:
         self.tripped: dict[str, Trip] = {}
         self._signals = tuple(dict.fromkeys(n for lock in interlocks.values() for n in lock.require.signals))
         self._rearm_checks: dict[str, Callable[[], tuple[bool, str]]] = {}
+        self.overrides = Overrides(lambda name: name in self.interlocks, on_end=on_override_end)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None
@@ -89,6 +92,7 @@ class InterlockWatch:
                 next_at, delay = time.monotonic(), 0.0
             if self._stop.wait(delay):
                 return
+            self.overrides.expire()  # an override ends on time even with nothing to check
             if len(self.tripped) >= len(self.interlocks):
                 continue
             with self._urgent():
@@ -97,7 +101,7 @@ class InterlockWatch:
     def _check(self, failing: set[str]) -> None:
         everything, quick_failure = self._values()  # each signal read once per check
         for name, lock in self.interlocks.items():
-            if name in self.tripped:
+            if name in self.tripped or self.overrides.active(name):
                 continue
             values = {n: everything[n] for n in lock.require.signals}
             if lock.require(values):
@@ -141,7 +145,7 @@ class InterlockWatch:
                               f"{time.strftime('%H:%M:%S', time.localtime(trip.time))} "
                               f"({trip.reason}; values {trip.values}); re-arm it first")
         for name, lock in self.interlocks.items():
-            if signal not in lock.outputs:
+            if signal not in lock.outputs or self.overrides.active(name):
                 continue
             ok, values = self.holds(lock)
             if not ok:
@@ -159,7 +163,7 @@ class InterlockWatch:
         if trip.layer == "supervisor" and not by_guard:
             raise Refused(f"{name} spans nodes: the supervisor's guard latched it and re-arms it once its "
                           f"condition holds again; use rig.rearm({name!r}) or `labrig rearm {name}`")
-        if name in self.interlocks:
+        if name in self.interlocks and not self.overrides.active(name):
             ok, values = self.holds(self.interlocks[name])
             if not ok:
                 raise Refused(f"cannot re-arm {name}: it still requires {self.interlocks[name].require.source}; "

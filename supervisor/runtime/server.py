@@ -91,7 +91,8 @@ class NodeRuntime:
         self._stop = threading.Event()
         self.ramps = RampEngine(self._write_output)
         self.watch = InterlockWatch(rig.local_interlocks(node), self.driver.read, self._on_trip,
-                                    period=self.spec.interlock_period, urgent=self.driver.urgent)
+                                    period=self.spec.interlock_period, urgent=self.driver.urgent,
+                                    on_override_end=self._override_ended)
         rates = {name: sig.rate or self.spec.telemetry_rate for name, sig in self.envelope.signals.items()}
         self.telemetry = TelemetrySampler(self.driver.read, rates, lambda batch: self._publish("telemetry", batch, False),
                                           node=node)
@@ -104,6 +105,8 @@ class NodeRuntime:
         self.socket_ops["lease"] = self._renew_lease
         self.socket_ops["release"] = lambda args, client: self.leases.release(args.get("holder") or client)
         self.socket_ops["leases"] = lambda args, client: self.leases.states()
+        self.socket_ops["override"] = self._override
+        self.socket_ops["overrides"] = lambda args, client: self.watch.overrides.states()
         self.loops = LoopEngine(self)  # PID loops: ops `loops`, `loop`; a timing thread if the node has loops
         fpga_ops.install(self)  # a RedPitaya's FPGA modules: op `fpga` (journaled)
         self._worker = threading.Thread(target=self._io_worker, name=f"io-{node}", daemon=True)
@@ -154,7 +157,7 @@ class NodeRuntime:
             return self._remote_trip(args, client)
         if op == "rearm":
             result = self.watch.rearm(args.get("interlock"), by_guard=bool(args.get("by_guard")))
-            self._publish("trips", {"node": self.node, "time": time.time(), "trips": self.watch.trips()}, True)
+            self._publish_trips()
             return result
         if op == "status":
             return self._status()
@@ -202,6 +205,21 @@ class NodeRuntime:
                                      layer=str(args.get("layer", "supervisor"))))
         return trip.as_dict()
 
+    def _override(self, args: dict, client: str) -> dict:
+        result = self.watch.overrides.set(str(args.get("interlock")), args.get("seconds"), args.get("reason", ""),
+                                          by=client)
+        self._publish_trips()
+        return result
+
+    def _override_ended(self, entry: dict) -> None:
+        self.audit.record("override_end", outcome="ok", client="runtime", user="", signal=entry["interlock"],
+                          value=None, detail=f"{entry['ended']}; was: {entry['reason']} (by {entry['by']})")
+        self._publish_trips()
+
+    def _publish_trips(self) -> None:
+        self._publish("trips", {"node": self.node, "time": time.time(), "trips": self.watch.trips(),
+                                "overrides": self.watch.overrides.states()}, True)
+
     def _renew_lease(self, args: dict, client: str) -> dict:
         holder = str(args.get("holder") or client)
         result = self.leases.renew(holder, args.get("ttl"))
@@ -232,7 +250,7 @@ class NodeRuntime:
             signals[name] = entry
         return {**self._identity(), "kind": self.spec.kind, "url": self.driver.url, "signals": signals,
                 "ramps": self.ramps.states(), "trips": self.watch.trips(), "clients": dict(self.clients),
-                "leases": self.leases.states(),
+                "leases": self.leases.states(), "overrides": self.watch.overrides.states(),
                 "telemetry": {"rates": dict(self.telemetry.rates), **self.telemetry.stats}}
 
     def _identity(self) -> dict[str, Any]:
@@ -285,9 +303,9 @@ class NodeRuntime:
         failed = [n for n, r in trip.safe.items() if not r["ok"]]
         self.audit.record("trip", outcome="failed" if failed else "ok", client="runtime", user="",
                           signal=",".join(trip.outputs), value=trip.values, detail=trip.reason)
-        self._publish("trips", {"node": self.node, "time": time.time(), "trips": self.watch.trips()}, True)
+        self._publish_trips()
 
-    AUDITED = ("write", "ramp", "stop_ramp", "safe", "rearm", "trip", "release")
+    AUDITED = ("write", "ramp", "stop_ramp", "safe", "rearm", "trip", "release", "override")
 
     def _audit(self, request: dict, outcome: str, result: Any, detail: str = "") -> None:
         op = request.get("op")
@@ -301,9 +319,12 @@ class NodeRuntime:
             value = {k: v["value"] for k, v in result.items()}
         elif op == "ramp" and outcome == "ok":
             detail = f"rate {args.get('rate')}"
+        elif op == "override":
+            value = args.get("seconds")
+            detail = f"{args.get('reason', '')}" + (f"; {detail}" if detail else "")
+        signal = args.get("signal", args.get("name", args.get("interlock") if op == "override" else None))
         self.audit.record(op, outcome=outcome, client=str(request.get("client", "")),
-                          user=str(request.get("user", "")), signal=args.get("signal", args.get("name")), value=value,
-                          detail=detail)
+                          user=str(request.get("user", "")), signal=signal, value=value, detail=detail)
 
     # -- the socket loop ---------------------------------------------------
     def _answer(self, identity: bytes, reply: dict) -> None:
@@ -352,13 +373,16 @@ class NodeRuntime:
                 raise self._unknown(op)
             self._answer(identity, {"id": request.get("id"), "ok": True, "result": result})
         except Exception as exc:
+            if op in self.socket_ops:  # a refused override, lease or loop query is journaled too
+                self._audit(request, "refused", None, f"{type(exc).__name__}: {exc}")
             self._answer(identity, protocol.error_reply(request.get("id"), exc))
 
     def heartbeat(self) -> None:
         self._heartbeat_seq += 1
         self._publish("heartbeat", {**self._identity(), "t": time.time(), "seq": self._heartbeat_seq,
                                     "trips": [t["interlock"] for t in self.watch.trips()],
-                                    "held_by": sorted(self.leases.holders())}, True)
+                                    "held_by": sorted(self.leases.holders()),
+                                    "overrides": [o["interlock"] for o in self.watch.overrides.states()]}, True)
 
     def serve(self) -> None:
         """Serve until stop(); publishes a heartbeat every `heartbeat` seconds."""

@@ -80,6 +80,18 @@ stale_after = {LOOP_STALE_AFTER}
 """
 
 
+class _Watched(dict):
+    """A world state that remembers which quantities a predicate looked at."""
+
+    def __init__(self, state: dict):
+        super().__init__(state)
+        self.used: set[str] = set()
+
+    def __getitem__(self, key):
+        self.used.add(key)
+        return super().__getitem__(key)
+
+
 class Chaos:
     """The running chaos rig, and what the tests do to it."""
 
@@ -102,8 +114,9 @@ class Chaos:
     def world_control(self, request: dict) -> dict:
         return world_control(read_state("sim", self.dir)["world"]["endpoints"]["control"], request)
 
-    def set_world(self, name: str, value: float) -> None:
-        self.world_control({"op": "set", "name": name, "value": value})
+    def set_world(self, name: str, value: float) -> float:
+        """Set a world input; returns when the world applied it (its monotonic clock)."""
+        return self.world_control({"op": "set", "name": name, "value": value})["at"]
 
     def client(self, node: str, *, timeout: float = 2.0, name: str = "chaos") -> RuntimeClient:
         record = runtime_record(node, self.dir)
@@ -140,15 +153,20 @@ class Chaos:
 
     # -- timing from the devices' side ----------------------------------
     def until_world(self, predicate, bound: float, what: str, *, since: float) -> float:
-        """Poll the world (the devices' own state) until `predicate(state)`; the time since `since`.
+        """Poll the world until `predicate(state)`; how long after `since` the devices got there.
 
-        Fails naming `what` if it did not happen within `bound` (measured from `since`, plus
-        a little time to look: the check itself is not held against the rig)."""
+        Timed by the world itself: it records when each actuator last changed (one monotonic
+        clock for every process of the host), so the time this check takes to look is not
+        held against the rig. Quantities that are not actuators are timed by observation.
+        Fails naming `what` if it did not happen within `bound` (plus a second to look)."""
         while True:
-            state = self.world()
+            reply = self.world_control({"op": "snapshot"})
+            state, changed = _Watched(reply["state"]), reply["changed"]
             now = time.monotonic()
             if predicate(state):
-                return now - since
+                times = [changed[k]["at"] for k in state.used if k in changed and changed[k]["at"] >= since]
+                observed = [k for k in state.used if k not in changed]
+                return (now if observed or not times else max(times)) - since
             if now - since > bound + 1.0:
                 raise AssertionError(f"{what}: not within {bound:.3f} s (world now: "
                                      f"{ {k: state.get(k) for k in ('rf_drive', 'rf_permit', 'coil_current_cmd', 'probe_bias', 'beacon', 'gas_valve')} })")

@@ -18,8 +18,7 @@ def test_a_cross_node_condition_crossed_during_a_ramp_stops_it_safe_and_latches(
     plc.write("coil_enable", 1)
     ramp = plc.ramp("coil_current_set", 300.0, 100)  # 3 s
     chaos.until_world(lambda w: w["coil_current_cmd"] > 50, 2, "coil ramp under way", since=time.monotonic())
-    crossed = time.monotonic()
-    chaos.set_world("cooling_flow", 1.0)  # the cooling water fails (read on ard1; the coil is on plc1)
+    crossed = chaos.set_world("cooling_flow", 1.0)  # the cooling water fails (read on ard1; the coil is on plc1)
     bound = GUARD_POLL + PLC_SCAN + MARGIN
     took = chaos.until_world(lambda w: w["coil_current_cmd"] == 0.0, bound, "the coil current", since=crossed)
     assert took <= bound, took
@@ -56,8 +55,7 @@ def test_a_node_condition_crossed_during_a_ramp_trips_at_the_node_and_the_plc(ch
     rp.ramp("rf_power", 200.0, 100)  # 2 s
     chaos.until_world(lambda w: w["rf_drive"] > 0.1 and w["rf_permit"] == 1.0, 2, "RF ramp under way",
                       since=time.monotonic())
-    opened = time.monotonic()
-    chaos.set_world("door_closed", 0.0)
+    opened = chaos.set_world("door_closed", 0.0)
     bound = PLC_SCAN + MARGIN
     took = chaos.until_world(lambda w: w["rf_permit"] == 0.0, bound, "the PLC's RF permit", since=opened)
     assert took <= bound, took
@@ -87,3 +85,19 @@ def test_two_clients_writing_one_output_both_pass_the_envelope_and_the_journal_n
     assert [(e["client"], e["op"], e["outcome"]) for e in entries] == [
         ("alice", "ramp", "ok"), ("bob", "write", "ok"), ("alice", "write", "refused"),
         ("alice", "write", "refused"), ("alice", "write", "ok")], entries
+
+
+def test_a_guard_override_holds_off_a_cross_node_trip_until_it_expires(chaos):
+    plc = chaos.client("plc1")
+    plc.write("coil_enable", 1)
+    plc.write("coil_current_set", 10.0)
+    result = chaos.guard().call("override", interlock="coil_needs_cooling", seconds=1.0, reason="flow meter swap")
+    assert result["overridden"]
+    chaos.set_world("cooling_flow", 1.0)
+    time.sleep(0.5)  # well past the guard's poll: overridden, nothing trips
+    assert "coil_needs_cooling" not in chaos.guard_trips() and chaos.world()["coil_current_cmd"] == 10.0
+    took = chaos.until_world(lambda w: w["coil_current_cmd"] == 0.0, 0.5 + GUARD_POLL + PLC_SCAN + MARGIN,
+                             "the coil once the override expired", since=time.monotonic())
+    assert took >= 0.3  # not before the override ended
+    entries = [(e["op"], e["signal"]) for e in chaos.journal("guard")[-6:]]
+    assert ("override", "coil_needs_cooling") in entries and ("override_end", "coil_needs_cooling") in entries

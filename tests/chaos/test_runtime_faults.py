@@ -9,7 +9,7 @@ from jupyter_client.blocking import BlockingKernelClient
 
 from support import eventually
 
-from chaos.rig import ARDUINO_WATCHDOG, GUARD_POLL, LEASE, MARGIN, ONLINE_TIMEOUT, PLC_SCAN, needs_cluster
+from chaos.rig import ARDUINO_WATCHDOG, GUARD_POLL, LEASE, MARGIN, ONLINE_TIMEOUT, PLC_SCAN, PLC_WATCHDOG, needs_cluster
 
 pytestmark = needs_cluster
 
@@ -78,8 +78,7 @@ def test_a_runaway_cell_in_a_node_kernel_delays_no_ramp_no_lease_and_no_trip(cha
         assert ramp["state"] == "running" and took >= 0.4
         time.sleep(3 * LEASE)  # several lease periods: the guard's lease holds, nothing trips
         assert not chaos.node_trips("plc1") and chaos.world()["coil_current_cmd"] == 150.0
-        crossed = time.monotonic()
-        chaos.set_world("cooling_flow", 1.0)  # an interlock condition crosses while the cell spins
+        crossed = chaos.set_world("cooling_flow", 1.0)  # an interlock condition crosses while the cell spins
         took = chaos.until_world(lambda w: w["coil_current_cmd"] == 0.0, GUARD_POLL + PLC_SCAN + MARGIN,
                                  "the coil current after the cooling failed", since=crossed)
         assert took <= GUARD_POLL + PLC_SCAN + MARGIN + 0.05, took
@@ -110,3 +109,19 @@ def test_the_loss_of_the_redpitaya_runtime_drops_the_rf_permit_through_the_guard
     chaos.restart_runtime("rp1")
     chaos.recover()  # re-armed once rp1 answers again, then every node safe
     assert chaos.world()["rf_drive"] == 0.0
+
+
+def test_sigkill_of_the_plc_runtime_ends_safe_through_the_plc_watchdog(chaos):
+    plc = chaos.client("plc1")
+    plc.write("coil_enable", 1)
+    plc.write("rf_enable", 1)
+    plc.ramp("coil_current_set", 60.0, 300)
+    chaos.until_world(lambda w: w["coil_current_cmd"] == 60.0 and w["rf_permit"] == 1.0, 3, "coil and RF permit on",
+                      since=time.monotonic())
+    os.kill(plc.ping()["pid"], signal.SIGKILL)  # nobody feeds the PLC's watchdog word any more
+    killed = time.monotonic()
+    bound = PLC_WATCHDOG + PLC_SCAN + MARGIN
+    took = chaos.until_world(lambda w: w["coil_current_cmd"] == 0.0 and w["rf_permit"] == 0.0, bound,
+                             "the PLC's outputs, by its own watchdog", since=killed)
+    assert took <= bound, took
+    chaos.restart_runtime("plc1")

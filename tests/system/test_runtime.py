@@ -334,3 +334,37 @@ def test_a_trip_from_the_guard_latches_until_the_guard_rearms_it(runtime, testbe
         assert ard.call("rearm", interlock="beacon_needs_coil", by_guard=True)["rearmed"] is True
         assert ard.write("beacon", 1) == 1.0
         ard.safe()
+
+
+def test_an_override_suspends_an_interlock_for_a_while_journaled_and_then_ends_by_itself(testbed, ishtar_path):
+    from labrig.drivers.errors import Refused
+    control = testbed["world"]["endpoints"]["control"]
+    with runtime_in_thread("plc1", testbed, ishtar_path) as record, \
+            RuntimeClient(record["endpoint"], node="plc1", client="commissioning") as plc:
+        with pytest.raises(ConfigError, match="give the reason"):
+            plc.call("override", interlock="coil_needs_door_closed", seconds=1)
+        with pytest.raises(RangeError, match=r"in \[0, 600\]"):
+            plc.call("override", interlock="coil_needs_door_closed", seconds=3600, reason="all day")
+        with pytest.raises(ConfigError, match="no interlock 'coil_needs_cooling' to override here"):
+            plc.call("override", interlock="coil_needs_cooling", seconds=1, reason="x")
+        world_control(control, {"op": "set", "name": "door_closed", "value": 0})
+        try:
+            assert eventually(lambda: "coil_needs_door_closed" in {t["interlock"] for t in plc.trips()}, timeout=3)
+            result = plc.call("override", interlock="coil_needs_door_closed", seconds=1.0, reason="coil test, door open")
+            assert result["overridden"] and 0.5 < result["left"] <= 1.0
+            assert plc.rearm("coil_needs_door_closed")["rearmed"]  # the override lets the re-arm through
+            assert plc.write("coil_enable", 1) == 1.0  # the door is open: only the override allows this
+            assert plc.status()["overrides"][0]["reason"] == "coil test, door open"
+            # it ends by itself: the interlock is judged again and trips on the open door
+            assert eventually(lambda: "coil_needs_door_closed" in {t["interlock"] for t in plc.trips()}, timeout=3)
+            assert plc.call("overrides") == []
+            with pytest.raises(Refused):
+                plc.write("coil_enable", 1)
+        finally:
+            world_control(control, {"op": "set", "name": "door_closed", "value": 1})
+        assert eventually(lambda: plc.read("door_closed") == 1.0, timeout=3)
+        for trip in plc.trips():
+            plc.rearm(trip["interlock"])
+        ops = [(e["op"], e["outcome"]) for e in plc.audit(30)]
+        assert ("override", "refused") in ops and ("override", "ok") in ops and ("override_end", "ok") in ops
+        plc.safe()
