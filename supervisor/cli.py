@@ -28,6 +28,8 @@ plc_app = typer.Typer(help="The PLC layer: what the real PLC program must implem
 app.add_typer(plc_app, name="plc")
 keys_app = typer.Typer(help="CurveZMQ keys for runtimes reached from other hosts.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+from .store.cli import store_app  # noqa: E402 - the shot store's commands live with the store
+app.add_typer(store_app, name="store")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)

@@ -80,3 +80,16 @@ def test_safety_trip_smoke():
         assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio, name
     # a lease is never detected before it runs out
     assert figures["lease_detect_p99"][0] >= figures["lease_detect_p99"][2] * 0.9
+
+
+def test_shot_store_smoke():
+    figures = run_benchmark("shot_store.py", "--small")
+    assert set(figures) == {"shot_write", "shot_journal", "catalog_query"}
+    for name, unit in (("shot_write", "MB/s"), ("shot_journal", "MB/s"), ("catalog_query", "ms")):
+        value, got_unit, baseline, ratio = figures[name]
+        assert got_unit == unit and value > 0 and baseline > 0, name
+    for name in ("shot_write", "shot_journal"):  # throughput: the ratio is baseline time / our time
+        value, _, baseline, ratio = figures[name]
+        assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio, name
+    value, _, baseline, ratio = figures["catalog_query"]
+    assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio
