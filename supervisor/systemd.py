@@ -29,6 +29,8 @@ RuntimeDirectoryPreserve=yes
 ExecStart={shlex.join(args)}
 # above interactive work (kernels, notebooks) on the same board: loops and ramps keep their timing
 Nice=-5
+# the control loops' timing thread asks for SCHED_FIFO (supervisor/runtime/loops.py)
+AmbientCapabilities=CAP_SYS_NICE
 Restart=on-failure
 RestartSec=1
 KillSignal=SIGTERM

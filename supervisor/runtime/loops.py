@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import difflib
 import math
+import os
 import sys
 import threading
 import time
@@ -162,6 +163,18 @@ def tighten_timer_slack(ns: int = 1000) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(29, ns, 0, 0, 0)  # PR_SET_TIMERSLACK
     except (OSError, AttributeError):
         pass
+
+
+def realtime_priority(priority: int = 10) -> bool:
+    """Ask for SCHED_FIFO for the calling thread, so that no ordinary process (a busy cell's
+    kernel, a simulator) can hold a tick off. Needs root or CAP_SYS_NICE (the systemd unit of
+    a node grants it); elsewhere the loop runs at normal priority and says so in its state.
+    The thread sleeps between ticks, and Linux keeps 5% of each second for everyone else."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: this thread
+        return True
+    except (AttributeError, OSError):
+        return False
 
 
 def sleep_until(deadline: float, wake: threading.Event | None = None, *, coarse: float = 0.002) -> bool:
@@ -326,6 +339,7 @@ class LoopEngine:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread = None
+        self.realtime = False  # SCHED_FIFO granted to the timing thread
         runtime.socket_ops["loops"] = self._op_loops
         runtime.io_ops["loop"] = self._op_loop
         runtime.audited.add("loop")
@@ -375,7 +389,7 @@ class LoopEngine:
 
     # -- ops ----------------------------------------------------------------------
     def _op_loops(self, args: dict, client: str) -> dict[str, dict]:
-        states = {name: loop.state() for name, loop in self.loops.items()}
+        states = {name: {**loop.state(), "realtime": self.realtime} for name, loop in self.loops.items()}
         if args.get("reset"):
             for loop in self.loops.values():
                 loop.timing.request_reset()
@@ -453,6 +467,7 @@ class LoopEngine:
     # -- the timing thread -------------------------------------------------------
     def _run(self) -> None:
         tighten_timer_slack()
+        self.realtime = realtime_priority()
         while not self._stop.is_set():
             self._wake.clear()
             active = [loop for loop in self.loops.values() if loop.pid.mode == "auto"]
