@@ -8,6 +8,7 @@ answers again; a restarted runtime gets it latched again on its first lease.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -246,7 +247,7 @@ class Guard:
     def _handle(self, request: dict) -> Any:
         op, args = request.get("op"), request.get("args") or {}
         if op == "ping":
-            return {"node": "guard", "time": time.time(), "uptime": time.monotonic() - self.started}
+            return {"node": "guard", "pid": os.getpid(), "time": time.time(), "uptime": time.monotonic() - self.started}
         if op == "status":
             return self.status()
         if op == "trips":

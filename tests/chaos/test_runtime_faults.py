@@ -125,3 +125,40 @@ def test_sigkill_of_the_plc_runtime_ends_safe_through_the_plc_watchdog(chaos):
                              "the PLC's outputs, by its own watchdog", since=killed)
     assert took <= bound, took
     chaos.restart_runtime("plc1")
+
+
+def test_sigkill_of_the_guard_lets_every_held_node_go_safe_when_its_lease_runs_out(chaos):
+    from labrig.supervisor.cluster import guard_command
+    from labrig.supervisor.processes import spawn
+    from labrig.supervisor.state import write_state
+    ard, pi = chaos.client("ard1"), chaos.client("pi1")
+    ard.write("beacon", 1)
+    pi.write("gas_flow", 4.0)
+    chaos.until_world(lambda w: w["beacon"] == 1.0 and w["gas_valve"] > 0.05, 3, "outputs on", since=time.monotonic())
+    os.kill(chaos.guard().ping()["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    bound = LEASE + MARGIN  # each node checks its lease deadline in its own socket loop
+    took = chaos.until_world(lambda w: w["beacon"] == 0.0 and w["gas_valve"] == 0.0, bound,
+                             "the outputs of the nodes the guard held", since=killed)
+    assert took <= bound, took
+    for node in chaos.rig.nodes:
+        assert "lease_lost" in chaos.node_trips(node), node
+    # a new guard takes the leases again; the operator re-arms (recover does) once it holds them
+    record = chaos.record
+    args = guard_command(str(chaos.rig_path), chaos.dir, broker=None)
+    proc = spawn(args, name="guard", log_dir=chaos.dir / "logs")
+    record["guard"]["pid"] = proc.pid
+    write_state("cluster", record, chaos.dir)
+    assert eventually(lambda: _guard_answers(chaos), timeout=15)
+
+
+def _guard_answers(chaos) -> bool:
+    from labrig.drivers.errors import LabrigError
+    from labrig.supervisor.guard import guard_record
+    record = guard_record(chaos.dir)
+    if record is None:
+        return False
+    try:
+        return all(n["online"] for n in chaos.client_at(record["endpoint"], "guard").status()["nodes"].values())
+    except LabrigError:
+        return False
