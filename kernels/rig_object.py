@@ -6,6 +6,7 @@
     rig.safe()                      every node safe at once
     rig.trips(), rig.rearm(name)    latched trips, wherever they are; re-arm one
     rig.nodes["rp1"].execute(code)  run code on that board's kernel, get its result back
+    rig.panel()                     knobs, live values, interlock lights, the emergency stop (ipywidgets)
 """
 from __future__ import annotations
 
@@ -169,14 +170,18 @@ def _value(data: dict) -> Any:
         return text
 
 
-def heartbeat_monitor(rig: Rig, directory: Path) -> HeartbeatMonitor | None:
-    """The rig's heartbeats, from its own broker, the cluster's, or None when there is no broker."""
+def rig_broker(rig: Rig, directory: Path) -> dict | None:
+    """The rig's MQTT broker ({"url", ...}): its own, the cluster's, or None when there is none."""
     from labrig.supervisor.broker import broker_alive
     if rig.spec.broker.url:
-        broker = rig.spec.broker.model_dump()
-    else:
-        own = read_state("broker", directory)
-        broker = own if own and broker_alive(own) else (read_state("cluster", directory) or {}).get("broker")
+        return rig.spec.broker.model_dump()
+    own = read_state("broker", directory)
+    return own if own and broker_alive(own) else (read_state("cluster", directory) or {}).get("broker")
+
+
+def heartbeat_monitor(rig: Rig, directory: Path) -> HeartbeatMonitor | None:
+    """The rig's heartbeats, from its own broker, the cluster's, or None when there is no broker."""
+    broker = rig_broker(rig, directory)
     monitor = monitor_or_none(rig.name, broker, client=f"labrig-supervisor-{rig.name}")
     if monitor is not None:
         monitor.wait_for(rig.nodes, 1.5)  # retained: a first status is right at once
@@ -263,6 +268,12 @@ class Machine(SignalsAndDevices):
     def safe(self) -> dict[str, Any]:
         """Drive every node safe at once. Never raises: an unreachable node is reported, not skipped silently."""
         return drive_safe({name: link.link for name, link in self.nodes.items()})
+
+    def panel(self, **options):
+        """The control panel (ipywidgets): a knob per output, live values from MQTT telemetry, interlock and
+        watchdog lights with re-arm, the emergency stop. See labrig.kernels.widgets.panel.Panel for options."""
+        from .widgets.panel import Panel
+        return Panel(self, **options)
 
     def close(self):
         for link in self.nodes.values():

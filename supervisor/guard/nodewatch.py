@@ -66,19 +66,22 @@ class NodeWatch:
             self._on_update(self.node)
 
     def _read_loop(self) -> None:
+        failures = 0
         while not self._stop.wait(self.poll):
             try:
                 values = self._read_link.client.read_many(self.signals)
             except NodeUnavailable as exc:  # no answer: the values age out (online_timeout)
                 self.error = str(exc)
-            except LabrigError as exc:  # the runtime answered, its link did not: unreadable now
+            except LabrigError as exc:  # the runtime answered, its link did not
                 self.error = str(exc)
-                self.values, self.values_at = {n: math.nan for n in self.signals}, time.monotonic()
-                self.last_answer = self.values_at
+                self.last_answer = time.monotonic()
+                failures += 1
+                if failures >= 2:  # one failed read (a garbled frame, a link still connecting) is no verdict
+                    self.values, self.values_at = {n: math.nan for n in self.signals}, self.last_answer
             else:
                 self.values = {n: (math.nan if values.get(n) is None else float(values[n])) for n in self.signals}
                 self.values_at = self.last_answer = time.monotonic()
-                self.error = ""
+                self.error, failures = "", 0
             self._on_update(self.node)
 
     def close(self, *, release: bool = True) -> None:

@@ -101,6 +101,8 @@ def cross_check(spec: RigSpec) -> list[tuple[str, str]]:
             for key_name in ("safe", "max_slew"):
                 if getattr(sig, key_name) is not None:
                     add(f"{base}.{key_name}", f"only outputs (direction = \"out\") have {key_name}")
+            if sig.arm:
+                add(f"{base}.arm", "only outputs (direction = \"out\") are armed before a change")
         elif sig.safe is not None and sig.limits is not None and sig.limits[0] < sig.limits[1] and not (sig.limits[0] <= sig.safe <= sig.limits[1]):
             add(f"{base}.safe", f"safe value {sig.safe:g} is outside limits [{sig.limits[0]:g}, {sig.limits[1]:g}]")
 

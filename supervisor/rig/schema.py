@@ -53,6 +53,8 @@ class SignalSpec(Strict):
     max_slew: float | None = Field(None, gt=0, description="largest rate of change, unit/s (outputs)")
     safe: float | None = Field(None, description="safe value (outputs)")
     rate: float | None = Field(None, gt=0, le=10000, description="telemetry rate, Hz")
+    arm: bool = Field(False, description="dangerous output (RF power, coil current): a control panel knob must be "
+                      "armed before each change")
 
 
 class DeviceSpec(Strict):

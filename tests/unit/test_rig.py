@@ -177,3 +177,13 @@ def test_the_example_rig_splits_its_interlocks_between_nodes_and_the_guard(ishta
     assert local["plc1"] == ["coil_needs_door_closed", "rf_enable_needs_vacuum_and_door"]
     assert sorted(ishtar.guarded_interlocks()) == ["coil_needs_cooling", "rf_needs_vacuum_door_cooling",
                                                    "rf_permit_needs_rf_drive_runtime"]
+
+
+def test_arm_marks_dangerous_outputs_and_only_outputs(ishtar):
+    # the example rig arms its RF power and coil current (the control panel asks twice), nothing else
+    assert sorted(n for n, s in ishtar.signals.items() if s.arm) == ["coil_current_set", "rf_power"]
+    assert Rig.from_text(MINIMAL.replace('safe = 0\n', 'safe = 0\narm = true\n')).signal("bias").arm
+    found, _ = problems(MINIMAL.replace('unit = "mA"', 'unit = "mA"\narm = true'))
+    assert "only outputs" in found["signals.probe.arm"]
+    found, _ = problems(MINIMAL.replace('safe = 0\n', 'safe = 0\narm = "maybe"\n'))
+    assert "signals.bias.arm" in found
