@@ -269,6 +269,17 @@ class Machine(SignalsAndDevices):
         """Drive every node safe at once. Never raises: an unreachable node is reported, not skipped silently."""
         return drive_safe({name: link.link for name, link in self.nodes.items()})
 
+    def run(self, sequence, *, store=None, progress: bool = True, **params):
+        """Run a sequence (or a compiled plan) as one shot, with a text progress bar; returns its RunResult
+        (.status, .reason, .number, .shot()). See labrig.supervisor.runner."""
+        from labrig.supervisor.runner.session import run_sequence
+        return run_sequence(self.spec, self.directory, sequence, store=store, progress=progress, **params)
+
+    def scan(self, sequence, *, grid: dict | None = None, points: list | None = None, **options):
+        """One shot per point of `grid` ({name: [values]}, every combination) or `points` ([{...}])."""
+        from labrig.supervisor.runner.session import scan
+        return scan(self.spec, self.directory, sequence, grid=grid, points=points, **options)
+
     def panel(self, **options):
         """The control panel (ipywidgets): a knob per output, live values from MQTT telemetry, interlock and
         watchdog lights with re-arm, the emergency stop. See labrig.kernels.widgets.panel.Panel for options."""

@@ -4,14 +4,17 @@
 
 1. the simulated testbed (one process per device, real protocols), driven
    through the production drivers: the plasma lights, and goes out with the gas;
-2. the cluster on top of it (MQTT broker, node runtimes, node kernels, the
-   supervisor kernel), driven from a real Jupyter client through `rig`.
-Everything runs in a private state directory, so a testbed or cluster you run
+2. the cluster on top of it (MQTT broker, node runtimes, the guard, node kernels,
+   the supervisor kernel), driven from a real Jupyter client through `rig`; it ends
+   with a discharge run as a sequence: a numbered shot in the shot store
+   (--store, default $LABRIG_STORE or ~/.local/share/labrig/shots), which outlives the demo.
+Everything else runs in a private state directory, so a testbed or cluster you run
 yourself is left alone; everything is stopped at the end, whatever happens.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -37,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rig", default=str(DEFAULT_RIG), help="rig file (default: the ISHTAR example)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", default=os.environ.get("LABRIG_STORE")
+                        or str(Path.home() / ".local" / "share" / "labrig" / "shots"),
+                        help="where the demo's shot files go (they outlive the demo)")
     args = parser.parse_args(argv)
+    os.environ["LABRIG_STORE"] = args.store  # the kernels started below inherit it
     try:
         rig = Rig.load(args.rig)
     except LabrigError as exc:

@@ -66,11 +66,11 @@ class RampEngine:
         self._wake.set()
         return ramp
 
-    def stop(self, signal: str) -> Ramp | None:
+    def stop(self, signal: str, reason: str = "stopped on request") -> Ramp | None:
         with self._lock:
             ramp = self._running.pop(signal, None)
             if ramp:
-                self._end(ramp, "stopped", "stopped on request")
+                self._end(ramp, "stopped", reason)
             return ramp
 
     def stop_all(self, reason: str) -> None:

@@ -32,6 +32,7 @@ from .interlocks import InterlockWatch, Trip
 from .leases import Leases
 from .loops import LoopEngine
 from .ramps import Ramp, RampEngine
+from .steps import StepExecutor
 from .telemetry import TelemetrySampler
 
 URGENT, NORMAL = 0, 1
@@ -109,6 +110,9 @@ class NodeRuntime:
         self.socket_ops["overrides"] = lambda args, client: self.watch.overrides.states()
         self.loops = LoopEngine(self)  # PID loops: ops `loops`, `loop`; a timing thread if the node has loops
         fpga_ops.install(self)  # a RedPitaya's FPGA modules: op `fpga` (journaled)
+        # what a lost lease does: outputs safe at once, latched; a running step table ramps down first
+        self.lease_lost_handler: Callable[[str, float], None] = self._lease_lost
+        self.steps = StepExecutor(self)  # step tables of a sequence run: ops `sequence_*` (steps.py)
         self._worker = threading.Thread(target=self._io_worker, name=f"io-{node}", daemon=True)
         self._worker.start()
         self._heartbeat_seq = 0
@@ -291,7 +295,7 @@ class NodeRuntime:
         if hasattr(self, "loops"):  # (a trip while __init__ runs comes before the loops exist)
             self.loops.on_trip(trip)  # loops driving these outputs go to manual: they must not fight the trip
         for name in trip.outputs:
-            self.ramps.stop(name)
+            self.ramps.stop(name, f"interlock {trip.interlock} tripped")
         with self.driver.urgent():  # before any queued telemetry or ordinary request
             for name in trip.outputs:
                 safe = self.envelope.signals[name].safe
@@ -365,7 +369,7 @@ class NodeRuntime:
                     self.ramps.stop_all("safe state requested")  # at once, before the queue
                 elif op == "trip":
                     for output in args.get("outputs") or ():
-                        self.ramps.stop(output)
+                        self.ramps.stop(output, f"interlock {args.get('interlock')} tripped")
                 self._work.put((URGENT if op in ("safe", "trip") else NORMAL, next(self._order),
                                 (identity, request)))
                 return
@@ -398,7 +402,8 @@ class NodeRuntime:
                 self.heartbeat()
                 next_beat = now + period
             for holder, overdue in self.leases.expired(now):
-                self._work.put((URGENT, next(self._order), (None, lambda h=holder, o=overdue: self._lease_lost(h, o))))
+                self._work.put((URGENT, next(self._order),
+                                (None, lambda h=holder, o=overdue: self.lease_lost_handler(h, o))))
             wake = min(next_beat, self.leases.next_deadline() or next_beat)
             events = dict(poller.poll(max(1, int((wake - now) * 1000) + 1) if not self._stop.is_set() else 0))
             if self.router in events:
