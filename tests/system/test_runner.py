@@ -172,12 +172,18 @@ def test_a_discharge_is_recorded_as_a_complete_shot(cluster, rig, tmp_path, caps
     until_world(cluster, is_safe, 2.0, "every output off at the end of the plan")
 
 
-def test_pause_resume_then_an_abort_runs_the_safe_exit_and_closes_abort(cluster, rig, tmp_path):
+def _long_run_in_thread(cluster, rig, tmp_path):
+    """A runner of a 5 s flat top, running on a thread: (runner, thread, [its outcome once it ends])."""
     store = ShotStore(tmp_path / "store")
     runner = Runner(rig, discharge(**{**SHOT, "flat_top": 5.0}).compile(rig), directory=cluster, store=store)
     results: list = []
     thread = threading.Thread(target=lambda: results.append(_outcome(runner.run)), name="runner")
     thread.start()
+    return runner, thread, results
+
+
+def test_pause_resume_then_an_abort_runs_the_safe_exit_and_closes_abort(cluster, rig, tmp_path):
+    runner, thread, results = _long_run_in_thread(cluster, rig, tmp_path)
     try:
         until_world(cluster, lambda s: s["rf_drive"] > 0.5, 20, "RF ramping up")
         runner.pause()  # the RF ramp (to 0.632 V: 600 W) holds where it is, on the node
@@ -249,11 +255,7 @@ def test_a_killed_runner_leaves_the_nodes_ramped_down_and_a_partial_shot(cluster
 
 
 def test_a_trip_mid_run_stops_every_table_and_closes_fail(cluster, rig, tmp_path):
-    store = ShotStore(tmp_path / "store")
-    runner = Runner(rig, discharge(**{**SHOT, "flat_top": 5.0}).compile(rig), directory=cluster, store=store)
-    results: list = []
-    thread = threading.Thread(target=lambda: results.append(_outcome(runner.run)), name="runner")
-    thread.start()
+    runner, thread, results = _long_run_in_thread(cluster, rig, tmp_path)
     try:
         until_world(cluster, lambda s: s["rf_drive"] > 0.5, 20, "RF on the flat top")
         set_world(cluster, "door_closed", 0.0)  # the door opens mid-shot: interlocks on plc1 and the guard trip
