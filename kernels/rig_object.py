@@ -221,24 +221,21 @@ class Machine(SignalsAndDevices):
     def rearm(self, interlock: str) -> dict:
         """Re-arm a tripped interlock where it is latched (the guard for a cross-node one, else its node);
         refused while its condition fails."""
-        if interlock not in self.spec.interlocks:
-            raise KeyError(f"rig {self.name!r} has no interlock {interlock!r}; "
-                           f"known: {', '.join(self.spec.interlocks)}")
-        if interlock in self.spec.guarded_interlocks():
-            return self.guard().rearm(interlock)
-        lock = self.spec.interlocks[interlock]
-        return self.nodes[self.spec.node_of(lock.outputs[0])].runtime.rearm(interlock)
+        return self._enforcer(interlock).rearm(interlock)
 
     def override(self, interlock: str, seconds: float, reason: str) -> dict:
         """Bypass an interlock for `seconds` (at most 600; 0 ends it) with a reason: journaled, published,
         and it ends by itself."""
+        return self._enforcer(interlock).call("override", interlock=interlock, seconds=seconds, reason=reason)
+
+    def _enforcer(self, interlock: str) -> RuntimeClient:
+        """Who enforces an interlock: the guard for one that spans nodes, else the node of its outputs."""
         if interlock not in self.spec.interlocks:
             raise KeyError(f"rig {self.name!r} has no interlock {interlock!r}; "
                            f"known: {', '.join(self.spec.interlocks)}")
         if interlock in self.spec.guarded_interlocks():
-            return self.guard().call("override", interlock=interlock, seconds=seconds, reason=reason)
-        node = self.spec.node_of(self.spec.interlocks[interlock].outputs[0])
-        return self.nodes[node].runtime.call("override", interlock=interlock, seconds=seconds, reason=reason)
+            return self.guard()
+        return self.nodes[self.spec.node_of(self.spec.interlocks[interlock].outputs[0])].runtime
 
     def guard(self) -> RuntimeClient:
         """A client of the rig's guard (leases, cross-node interlocks): .status(), .trips(), .rearm(name)."""

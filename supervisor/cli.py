@@ -1,7 +1,6 @@
 """The `labrig` command line. Every command has --help; errors never show a traceback."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -13,7 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from labrig.drivers.errors import ConfigError, LabrigError
+from labrig.drivers.errors import ConfigError
+
+from .clitools import err, friendly
 
 app = typer.Typer(help="labrig: a hardware-control Jupyter kernel cluster for physics labs.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -32,23 +33,10 @@ from .store.cli import store_app  # noqa: E402 - the shot store's commands live 
 app.add_typer(store_app, name="store")
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 RigArg = typer.Argument(..., help="The rig file (TOML), e.g. examples/ishtar/rig.toml", show_default=False)
 StateOpt = typer.Option(None, "--state-dir", envvar="LABRIG_STATE_DIR",
                         help="Where running instances keep pids and endpoints.")
-
-
-def friendly(fn):
-    """Turn labrig's own errors into one clear message and exit code 2."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LabrigError as exc:
-            err.print("labrig:", str(exc), style="red", markup=False, soft_wrap=True)
-            raise typer.Exit(2)
-    return wrapper
 
 
 def _state(path: Optional[Path]):

@@ -278,13 +278,7 @@ class Guard:
             self.evaluate()  # ages values out even when no reading comes
             if not self.router.poll(int(self.poll * 1000)):
                 continue
-            while True:
-                try:
-                    identity, frame = self.router.recv_multipart(zmq.NOBLOCK)[:2]
-                except zmq.Again:
-                    break
-                except ValueError:
-                    continue
+            for identity, frame in protocol.pending_requests(self.router):
                 request: dict = {}
                 try:
                     request = protocol.decode(frame)

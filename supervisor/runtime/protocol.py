@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Iterator
+
+import zmq
 
 from labrig.drivers import errors
 
@@ -76,3 +78,16 @@ def error_reply(request_id: Any, exc: BaseException) -> dict[str, Any]:
 def raise_error(error: dict[str, Any]) -> None:
     cls = _ERROR_TYPES.get(error.get("type", ""), errors.LabrigError)
     raise cls(error.get("message", ""))
+
+
+def pending_requests(router: zmq.Socket) -> Iterator[tuple[bytes, bytes]]:
+    """(identity, frame) of every request waiting on a ROUTER socket, without blocking.
+    A frame without an identity cannot be answered, and is skipped."""
+    while True:
+        try:
+            identity, frame = router.recv_multipart(zmq.NOBLOCK)[:2]
+        except zmq.Again:
+            return
+        except ValueError:
+            continue
+        yield identity, frame

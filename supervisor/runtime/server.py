@@ -407,13 +407,7 @@ class NodeRuntime:
             wake = min(next_beat, self.leases.next_deadline() or next_beat)
             events = dict(poller.poll(max(1, int((wake - now) * 1000) + 1) if not self._stop.is_set() else 0))
             if self.router in events:
-                while True:
-                    try:
-                        identity, frame = self.router.recv_multipart(zmq.NOBLOCK)[:2]
-                    except zmq.Again:
-                        break
-                    except ValueError:
-                        continue  # a frame without identity cannot be answered
+                for identity, frame in protocol.pending_requests(self.router):
                     self._dispatch(identity, frame)
             if self.replies in events:
                 while True:

@@ -4,7 +4,6 @@ Heavy imports (h5py, pandas) happen inside the commands, so `labrig --help` stay
 """
 from __future__ import annotations
 
-import functools
 import json
 import time
 from pathlib import Path
@@ -14,26 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from labrig.drivers.errors import LabrigError
+from ..clitools import friendly
 
 store_app = typer.Typer(help="The shot store: numbered shot files, their catalog, recovery and export.",
                         no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=True)  # long paths stay on one line (greppable)
-err = Console(stderr=True, highlight=False)
 StoreOpt = typer.Option(None, "--store", envvar="LABRIG_STORE",
                         help="The store's folder (default: STATE_DIR/store).")
-
-
-def _clear(fn):
-    """labrig's own errors as one red line and exit code 2, as everywhere in the CLI."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LabrigError as exc:
-            err.print("labrig:", str(exc), style="red", markup=False, soft_wrap=True)
-            raise typer.Exit(2)
-    return wrapper
 
 
 def _open(root: Optional[Path]):
@@ -46,7 +32,7 @@ def _when(t) -> str:
 
 
 @store_app.command("list")
-@_clear
+@friendly
 def store_list(day: Optional[str] = typer.Option(None, help="Only shots of this day (YYYY-MM-DD, local time)."),
                status: Optional[str] = typer.Option(None, help="Only shots with this status."),
                limit: int = typer.Option(50, help="Show the last N shots (0: all)."),
@@ -71,7 +57,7 @@ def store_list(day: Optional[str] = typer.Option(None, help="Only shots of this 
 
 
 @store_app.command("show")
-@_clear
+@friendly
 def store_show(number: int = typer.Argument(..., help="The shot number."), root: Optional[Path] = StoreOpt):
     """Show one shot: its context, signals (with summaries), events and calibrations."""
     store = _open(root)
@@ -107,7 +93,7 @@ def store_show(number: int = typer.Argument(..., help="The shot number."), root:
 
 
 @store_app.command("reindex")
-@_clear
+@friendly
 def store_reindex(root: Optional[Path] = StoreOpt):
     """Rebuild the catalog from the shot files alone."""
     store = _open(root)
@@ -117,7 +103,7 @@ def store_reindex(root: Optional[Path] = StoreOpt):
 
 
 @store_app.command("recover")
-@_clear
+@friendly
 def store_recover(root: Optional[Path] = StoreOpt):
     """Build the shots left as journals by a killed writer or a full disk (marked partial)."""
     store = _open(root)
@@ -130,7 +116,7 @@ def store_recover(root: Optional[Path] = StoreOpt):
 
 
 @store_app.command("export")
-@_clear
+@friendly
 def store_export(number: int = typer.Argument(..., help="The shot number."),
                  fmt: str = typer.Option("mat", "--format", help="mat (MATLAB) or csv (a folder of CSV files)."),
                  output: Optional[Path] = typer.Option(None, "--output", "-o", help="Where to write (default: "
