@@ -336,11 +336,12 @@ class SimaticSimulator(DeviceSimulator):
             rf_permit, coil = plant(effective, db, watchdog_ok)
             RF_PERMIT.put(db, rf_permit)
             program.trip_tag.put(db, program.trip_word())
+            # the plant gets the outputs before any client can read them in DB1: both change together
+            self.effective = effective
+            self._actuate("coil_current_cmd", coil, now)
+            self._actuate("rf_permit", rf_permit, now)
         finally:
             self._server.unlock_area(SrvArea.DB, DB_NUMBER)
-        self.effective = effective
-        self._actuate("coil_current_cmd", coil, now)
-        self._actuate("rf_permit", rf_permit, now)
         self.scans += 1
 
     @property
