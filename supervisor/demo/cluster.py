@@ -35,17 +35,13 @@ CELLS = [
     "result = rig.run(discharge, power=735, b_field=0.08, flat_top=1.0, rate=100, progress=False)\n"
     "assert result.status == 'success', result.reason\n"
     "print(f'shot {result.number}: {result.status}, file {result.path}')",
-    "import numpy as np, matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+    "import numpy as np\n"
     "with result.shot() as shot:\n"
-    "    names = shot.names()\n"
-    "    fig, axes = plt.subplots(len(names), 1, sharex=True, figsize=(8, 1.6 * len(names)))\n"
-    "    for ax, name in zip(np.atleast_1d(axes), names):\n"
+    "    for name in shot.names():\n"
     "        t, v = shot.read(name)\n"
-    "        ax.plot(t - t[0], v, lw=0.8); ax.set_ylabel(f\"{name}\\n{shot.info(name).get('unit', '')}\", fontsize=7)\n"
     "        print(f'{name:22s} {len(v):6d} samples, peak |value| {np.nanmax(np.abs(v)):10.4g} {shot.info(name).get(\"unit\", \"\")}')\n"
-    "    np.atleast_1d(axes)[-1].set_xlabel('t (s)'); fig.suptitle(f'shot {shot.number}: {shot.status}')\n"
-    "overview = result.path.with_name(f'shot-{result.number}-overview.png')\n"
-    "fig.savefig(overview, dpi=80)\nprint(f'overview plot: {overview}')",
+    "    overview = shot.overview(result.path.with_name(f'shot-{result.number}-overview.png'))\n"
+    "print(f'overview plot: {overview}')",
 ]
 
 

@@ -266,6 +266,11 @@ class Shot:
                for t, k, d in zip(g["t"][()], g["kind"][()], g["data"][()])]
         return [e for e in out if kind is None or e["kind"] == kind]
 
+    def overview(self, path: str | Path | None = None, **options):
+        """Every signal against shot time (supervisor/store/overview.py): a Figure, or the PNG written to `path`."""
+        from .overview import overview
+        return overview(self, path, **options)
+
     def calibrations(self) -> list[dict[str, Any]]:
         out = []
         for g in self.file["calibrations"].values():
