@@ -59,6 +59,16 @@ class LabrigKernel(IPythonKernel):
             pass
 
 
+    def _show_figures(self):
+        """matplotlib Figures (plan.plot(), shot.overview()) display as PNG, with or without pyplot: labrig
+        draws with the object API so a plot in a kernel thread never touches pyplot's global state."""
+        try:
+            from matplotlib_inline.backend_inline import select_figure_formats
+        except ImportError:  # no matplotlib: nothing to show
+            return
+        select_figure_formats(self.shell, {"png"}, bbox_inches="tight")
+
+
 def launch(kernel_class, argv: list[str] | None = None, *, needs_node: bool) -> None:
     """`python -m labrig.kernels.X -f CONNECTION_FILE --rig RIG [--node N] [--state-dir D] [--sim]`."""
     from ipykernel.kernelapp import IPKernelApp

@@ -38,6 +38,7 @@ class NodeKernel(LabrigKernel):
         self.node = Node(rig, self.node_name, directory, client=f"kernel-{self.node_name}")
         self.shell.user_ns["node"] = self.node
         self._enable_json_results()
+        self._show_figures()
         self.shell.register_magic_function(self._status_magic, "line", "status")
         self.shell.register_magic_function(self._safe_magic, "line", "safe")
         self.comm_manager.register_target(COMM_TARGET, self._open_comm)

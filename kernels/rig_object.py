@@ -277,6 +277,32 @@ class Machine(SignalsAndDevices):
         from labrig.supervisor.runner.session import scan
         return scan(self.spec, self.directory, sequence, grid=grid, points=points, **options)
 
+    def optimise(self, sequence, *, space: dict, objective, budget: int, fixed: dict | None = None, goal: str = "max",
+                 target: float | None = None, seed: int | None = None, since_shot: int | None = None, store=None,
+                 progress: bool = True):
+        """Closed loop: propose each next shot from every comparable shot in the catalog, run it, until
+        `budget` shots ran (or `target` is reached). Returns an OptimisationResult (.best, .best_value,
+        .history, .shots). See labrig.sequences.optimise.Optimiser.
+
+            rig.optimise(discharge, space={"power": (300, 1200), "b_field": (0.02, 0.12)},
+                         objective="interferometer_phase.max", fixed={"flat_top": 0.5}, budget=20)
+        """
+        from labrig.sequences.optimise import Optimiser
+        from labrig.supervisor.store import ShotStore
+
+        store = store if store is not None else ShotStore()
+        optimiser = Optimiser(sequence, self.spec, store, space=space, objective=objective, fixed=fixed, goal=goal,
+                              seed=seed, since_shot=since_shot)
+
+        def report(params, result):
+            if progress:
+                shown = ", ".join(f"{k}={params[k]:.4g}" for k in optimiser.space)
+                print(f"  {shown}: shot {result.number} {result.status}" +
+                      (f" ({result.reason})" if result.reason else ""), flush=True)
+
+        return optimiser.run(lambda params: self.run(sequence, store=store, progress=False, **params),
+                             budget=budget, target=target, on_shot=report)
+
     def panel(self, **options):
         """The control panel (ipywidgets): a knob per output, live values from MQTT telemetry, interlock and
         watchdog lights with re-arm, the emergency stop. See labrig.kernels.widgets.panel.Panel for options."""

@@ -18,6 +18,7 @@ class SupervisorKernel(LabrigKernel):
         self.rig = connect(self.rig_path, state_dir(self.state_dir or None))
         self.shell.user_ns["rig"] = self.rig
         self._enable_json_results()
+        self._show_figures()
         self.shell.register_magic_function(self._status_magic, "line", "status")
         self.shell.register_magic_function(self._safe_magic, "line", "safe")
 

@@ -15,10 +15,14 @@ Proven at compile time (refused with the step, the signal and the condition):
   the plan is refused (it waits for a state that trips the interlock).
 Both run for two timings: every wait met as expected, and every wait running
 to its timeout.
+- the safe exit (check_safe_exit): started at any instant of the plan (every
+  breakpoint, both sides, and every midpoint), from the outputs' values there,
+  its declared ramp-downs must not make an interlock fail on the way: a trip in
+  the middle of an exit would throw outputs to their safe values at once, which
+  is what a declared ramp-down exists to avoid (the coil before the RF, say).
 Not provable here (left to the runtime and the guard while the plan runs, and
 listed in the plan's notes): anything else that depends on inputs or on
-`NODE.online`; inputs between waits drift; the safe exit, which starts from
-wherever an abort finds the outputs.
+`NODE.online`; inputs between waits drift.
 """
 from __future__ import annotations
 
@@ -101,6 +105,55 @@ def check_interlocks(rig, scenario: Scenario) -> None:
             _along_trajectories(name, lock, mine, scenario)
         if any(s not in outputs for s in lock.require.signals):
             _after_waits(rig, name, lock, source, scenario)
+
+
+class ExitStep:
+    """The safe-exit entry a refusal blames."""
+
+    def __init__(self, entry: dict):
+        self.entry = entry
+
+    def __str__(self) -> str:
+        e = self.entry
+        how = f"ramp at {e['rate']:g}/s" if e["rate"] else "set"
+        return f"safe exit step {e['name']!r} ({e['signal']} -> {e['to']:g}, {how})"
+
+
+def check_safe_exit(rig, scenario: Scenario, entries: list[dict]) -> None:
+    """Refuse a plan whose safe exit, run from some instant of `scenario`, provably fails an interlock."""
+    locks = [(name, lock, [s for s in lock.require.signals if s in scenario.trajectories])
+             for name, lock in rig.interlocks.items()]
+    locks = [(name, lock, mine) for name, lock, mine in locks if mine]
+    if not locks or not entries:
+        return
+    trs = scenario.trajectories
+    ordered = sorted({0.0, scenario.end} | {k[0] for tr in trs.values() for k in tr.knots})
+    instants = sorted(set(ordered) | {(a + b) / 2 for a, b in zip(ordered, ordered[1:])})
+    entries = sorted(entries, key=lambda e: e["t_start"])
+    seen = set()
+    for t_abort in instants:
+        for side in ("left", "right"):
+            start = {name: tr.value(t_abort, side) for name, tr in trs.items()}
+            key = tuple(sorted(start.items()))
+            if key in seen:  # the exit depends only on where the outputs are
+                continue
+            seen.add(key)
+            exit_trs, current = {name: Trajectory(v) for name, v in start.items()}, dict(start)
+            end = 0.0
+            for e in entries:
+                if e["signal"] not in exit_trs:
+                    continue
+                v0, blame = current[e["signal"]], ExitStep(e)
+                t1 = e["t_start"] + (abs(v0 - e["to"]) / e["rate"] if e["rate"] else 0.0)
+                exit_trs[e["signal"]].add(e["t_start"], v0, blame)
+                exit_trs[e["signal"]].add(t1, e["to"], blame)
+                current[e["signal"]], end = e["to"], max(end, t1)
+            for tr in exit_trs.values():
+                tr.knots.sort(key=lambda k: k[0])
+            during = Scenario(f" in the safe exit after an abort at t = {t_abort:.3f} s (times from the abort)",
+                              exit_trs, [], end)
+            for name, lock, mine in locks:
+                _along_trajectories(name, lock, mine, during)
 
 
 def _known(scenario: Scenario, t: float, side: str) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 from labrig.drivers.errors import ConfigError, RangeError
 from labrig.supervisor.rig import Rig, compile_condition
 
-from .checks import EPS, Scenario, Trajectory, check_interlocks
+from .checks import EPS, Scenario, Trajectory, check_interlocks, check_safe_exit
 from .exits import compile_exit
 from .plan import Plan
 from .sequence import source_hash
@@ -103,6 +103,7 @@ class _Compiler:
             check_interlocks(self.rig, Scenario(label, self.trajectories(scenario), self.wait_ends(scenario),
                                                 self.time(end, scenario)))
         exit_steps, exit_notes = compile_exit(self)
+        check_safe_exit(self.rig, Scenario("", self.trajectories(NOMINAL), [], duration), exit_steps)
         return Plan.build(self, duration, duration_max, exit_steps, exit_notes)
 
     def item(self, item, at: dict) -> dict:

@@ -6,7 +6,8 @@ timed for the worst case, the farthest value the plan ever gives that output.
 Declared steps (`with tl.safe_exit():`) keep their order across nodes through those
 worst-case start times; every output the plan moves and the declaration leaves
 away from its safe value then ramps to it at its max slew (a set where no slew
-is declared: writing a safe value is never refused).
+is declared: writing a safe value is never refused), after the outputs that an
+interlock reading it protects (RF off before the field goes).
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def compile_exit(c) -> tuple[list[dict], list[str]]:
         return max([item(child, t + child.delay) for child in it.children], default=t)
 
     item(c.tl.exit, 0.0)
-    for name in moved:
+    ends: dict[str, float] = {}
+    for name in _protected_first(rig, moved):
         spec = rig.signals[name]
         if spec.safe is None:
             notes.append(f"{name} declares no safe value: the safe exit leaves it where the abort finds it")
@@ -69,8 +71,37 @@ def compile_exit(c) -> tuple[list[dict], list[str]]:
         declared = [e for e in entries if e["signal"] == name]
         last = max(declared, key=lambda e: e["t_start"] + e["duration_max"], default=None)
         if last is not None and last["to"] == spec.safe:
+            ends[name] = last["t_start"] + last["duration_max"]
             continue
         t = last["t_start"] + last["duration_max"] if last is not None else 0.0
-        add(f"{name} to its safe value", "ramp" if spec.max_slew else "set", name, float(spec.safe), spec.max_slew, t)
+        # an output that an interlock reads to protect another waits until that one is safe (the field
+        # stays until the RF is off): the undeclared ramp-downs never trip an interlock among themselves
+        t = max([t] + [ends[o] for o in _guarding(rig, name) if o in ends])
+        ends[name] = add(f"{name} to its safe value", "ramp" if spec.max_slew else "set", name, float(spec.safe),
+                         spec.max_slew, t)
     return sorted(entries, key=lambda e: e["t_start"]), notes
+
+
+def _guarding(rig, name: str) -> list[str]:
+    """The outputs that interlocks reading `name` protect (they must reach safe before `name` leaves)."""
+    return [o for lock in rig.interlocks.values() if name in lock.require.signals for o in lock.outputs if o != name]
+
+
+def _protected_first(rig, moved: list[str]) -> list[str]:
+    """`moved` ordered so that what an interlock protects comes before what it reads (cycles keep plan order)."""
+    order, visiting = [], set()
+
+    def visit(name: str) -> None:
+        if name in order or name in visiting:
+            return
+        visiting.add(name)
+        for first in _guarding(rig, name):
+            if first in moved:
+                visit(first)
+        visiting.discard(name)
+        order.append(name)
+
+    for name in moved:
+        visit(name)
+    return order
 

@@ -11,7 +11,6 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,25 +22,12 @@ from ..rig import Rig
 from ..rig.model import Interlock
 from ..runtime import protocol
 from ..runtime.audit import AuditJournal
+from ..runtime.interlocks import Trip
 from ..runtime.locate import RuntimeLink
 from ..runtime.overrides import Overrides
 from .nodewatch import NodeWatch
 
 HOLDER = "guard"
-
-
-@dataclass
-class GuardTrip:
-    interlock: str
-    reason: str
-    values: dict[str, float | None]
-    outputs: tuple[str, ...]
-    time: float = field(default_factory=time.time)
-    nodes: dict[str, dict] = field(default_factory=dict)  # node -> {"delivered", "safe", "error"}
-    layer: str = "supervisor"
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class Guard:
@@ -55,7 +41,7 @@ class Guard:
         self.started = time.monotonic()
         self._publish = publish or (lambda topic, payload, retain: None)
         self.audit = AuditJournal(audit_path, node="guard", publish=lambda e: self._publish("audit", e, False))
-        self.tripped: dict[str, GuardTrip] = {}
+        self.tripped: dict[str, Trip] = {}
         self.overrides = Overrides(lambda name: name in self.interlocks, on_end=self._override_ended)
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -129,15 +115,21 @@ class Guard:
                 if node in self._was_online or online or now - self.started >= self.online_timeout:
                     self._was_online[node] = online
 
-    def _trip(self, lock: Interlock, values: dict[str, float]) -> GuardTrip:
+    def _trip(self, lock: Interlock, values: dict[str, float]) -> Trip:
         reason = f"{lock.name}: requires {lock.require.source}" + (f" ({lock.description})" if lock.description else "")
         lost = [n.rsplit(".", 1)[0] for n, v in values.items() if n.endswith(".online") and v == 0.0]
         lost += sorted({self.rig.node_of(n) for n, v in values.items() if not n.endswith(".online")
                         and math.isnan(v) and not self.watches[self.rig.node_of(n)].online()})
         if lost:
             reason += f"; node{'s' if len(set(lost)) > 1 else ''} lost: {', '.join(sorted(set(lost)))}"
-        trip = GuardTrip(lock.name, reason, {k: (None if math.isnan(v) else v) for k, v in values.items()},
-                         lock.outputs)
+        now = time.monotonic()
+        for node in sorted({self.rig.node_of(n) for n, v in values.items() if not n.endswith(".online")
+                            and math.isnan(v) and self.watches[self.rig.node_of(n)].online()}):
+            watch = self.watches[node]  # it answers, but its readings are unusable: say why
+            age = f" for {now - watch.values_at:.1f} s" if watch.values_at is not None else ""
+            reason += f"; no usable reading from {node}{age}" + (f" ({watch.error})" if watch.error else "")
+        trip = Trip(lock.name, reason, {k: (None if math.isnan(v) else v) for k, v in values.items()},
+                    lock.outputs, layer="supervisor")
         self.tripped[lock.name] = trip
         self.audit.record("trip", outcome="ok", client=HOLDER, user="", signal=",".join(lock.outputs),
                           value=trip.values, detail=reason)
@@ -147,7 +139,7 @@ class Guard:
         return trip
 
     # -- delivery to the nodes ------------------------------------------
-    def _deliver(self, trip: GuardTrip, node: str) -> None:
+    def _deliver(self, trip: Trip, node: str) -> None:
         outputs = [o for o in trip.outputs if self.rig.node_of(o) == node]
         trip.nodes[node] = {"delivered": False, "safe": {}, "error": "", "outputs": outputs}
         thread = threading.Thread(target=self._send_trip, args=(trip, node, outputs), daemon=True,
@@ -155,7 +147,7 @@ class Guard:
         self._deliveries = [t for t in self._deliveries if t.is_alive()] + [thread]
         thread.start()
 
-    def _send_trip(self, trip: GuardTrip, node: str, outputs: list[str]) -> None:
+    def _send_trip(self, trip: Trip, node: str, outputs: list[str]) -> None:
         """Until the node has it (or the trip is re-armed, or the guard stops): a lost node gets it on return."""
         while not self._stop.is_set() and self.tripped.get(trip.interlock) is trip:
             try:

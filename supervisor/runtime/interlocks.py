@@ -32,6 +32,7 @@ class Trip:
     time: float = field(default_factory=time.time)
     safe: dict = field(default_factory=dict)
     layer: str = "node"  # node, supervisor (cross-node, latched by the guard), lease, link, loop
+    nodes: dict = field(default_factory=dict)  # the guard's own record: node -> {"delivered", "safe", "error"}
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -120,3 +120,42 @@ outputs = ["probe_bias"]
     # it fails only between the two crossings, away from every breakpoint and their midpoints
     with pytest.raises(Refused, match=r"at t = 1\.719 s: interlock one_of_two requires probe_bias <= -50 or"):
         tl.compile(rig)
+
+
+def _field_then_rf(tl):
+    tl.ramp("coil_current_set", 300)
+    tl.ramp("rf_power", 600)
+    tl.hold(1.0, "rf_power", "coil_current_set")
+    tl.ramp("rf_power", 0)
+    tl.ramp("coil_current_set", 0)
+
+
+def test_a_safe_exit_that_drops_the_field_under_rf_is_refused_naming_the_exit_step(field_rig):
+    tl = Timeline("t")
+    _field_then_rf(tl)
+    with tl.safe_exit():
+        tl.ramp("coil_current_set", 0)  # the field first: RF still above 100 W while the coil passes 200 A
+        tl.ramp("rf_power", 0)
+    with pytest.raises(Refused) as info:
+        tl.compile(field_rig)
+    msg = str(info.value)
+    assert msg.startswith("safe exit step 'ramp coil_current_set' (coil_current_set -> 0, ramp at 300/s)"), msg
+    assert "interlock rf_needs_field requires rf_power < 100 or coil_current_set >= 200" in msg
+    assert "in the safe exit after an abort at t = " in msg
+
+
+def test_the_same_exit_with_rf_first_passes_and_so_does_an_exit_left_to_the_compiler(field_rig):
+    tl = Timeline("t")
+    _field_then_rf(tl)
+    with tl.safe_exit():
+        tl.ramp("rf_power", 0)
+        tl.ramp("coil_current_set", 0)
+    plan = tl.compile(field_rig)
+    assert [e["signal"] for e in plan.safe_exit] == ["rf_power", "coil_current_set"]
+    # nothing declared: the compiler ramps what an interlock protects (the RF) before what it reads (the
+    # field); in parallel the coil would pass 200 A while the RF is still above 100 W
+    tl = Timeline("t")
+    _field_then_rf(tl)
+    exit_ = {e["signal"]: e for e in tl.compile(field_rig).safe_exit}
+    assert exit_["rf_power"]["t_start"] == 0.0
+    assert exit_["coil_current_set"]["t_start"] == pytest.approx(exit_["rf_power"]["duration_max"])  # 600 W: 1.5 s
