@@ -83,6 +83,11 @@ class Driver(ABC):
         spec = self._spec(name)
         return spec.calibration.to_physical(self.read_raw(name))
 
+    def read_many(self, names) -> dict[str, float]:
+        """Several channels in physical units, read in this order; a bus that can put them in one
+        exchange with the board does (the GPIO driver pipelines its level reads)."""
+        return {name: self.read(name) for name in names}
+
     def read_raw(self, name: str) -> float:
         spec = self._spec(name)
         self._check_open()

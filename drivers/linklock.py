@@ -4,6 +4,12 @@ A node runtime shares one driver between threads: telemetry, ramps, the guard's 
 its interlock checks and the writes a trip makes. With a plain lock, a trip waits
 behind every transaction queued before it; here a thread inside `urgent()` waits only
 for the transaction in flight, then goes before every ordinary waiter.
+
+Strict priority would starve: interlock checks read every few ms, and on a slow link
+(an S7 round trip of several ms, a loaded host) they can keep an urgent waiter queued
+all the time, so a ramp's write or the guard's read would wait until its timeout. So an
+ordinary waiter that has waited `starve_after` gets the next turn, one transaction,
+before the urgent ones go on: an urgent waiter then waits at most two transactions.
 """
 from __future__ import annotations
 
@@ -15,11 +21,14 @@ import time
 class LinkLock:
     """A re-entrant lock (the `threading.RLock` API) whose urgent waiters go first."""
 
-    def __init__(self):
+    def __init__(self, *, starve_after: float = 0.1):
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None
         self._depth = 0
         self._urgent_waiting = 0
+        self._ordinary_waiting: dict[int, float] = {}  # thread -> since when it waits
+        self._ordinary_turn = False  # one ordinary waiter waited too long: the next transaction is its
+        self.starve_after = starve_after
         self._local = threading.local()
 
     @contextlib.contextmanager
@@ -41,12 +50,18 @@ class LinkLock:
                 return True
 
             def busy() -> bool:
-                return self._owner is not None or (not urgent and self._urgent_waiting > 0)
+                if self._owner is not None:
+                    return True
+                if urgent:
+                    return self._ordinary_turn
+                return self._urgent_waiting > 0 and not self._ordinary_turn
             if not blocking and busy():
                 return False
             deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
             if urgent:
                 self._urgent_waiting += 1
+            else:
+                self._ordinary_waiting[me] = time.monotonic()
             try:
                 while busy():
                     left = None if deadline is None else deadline - time.monotonic()
@@ -54,11 +69,17 @@ class LinkLock:
                         return False
                     self._cond.wait(left)
                 self._owner, self._depth = me, 1
+                if not urgent:
+                    self._ordinary_turn = False
                 return True
             finally:
                 if urgent:
                     self._urgent_waiting -= 1
-                    self._cond.notify_all()  # ordinary waiters may go again once no urgent one waits
+                else:
+                    del self._ordinary_waiting[me]
+                    if not self._ordinary_waiting:
+                        self._ordinary_turn = False  # it gave up waiting: the turn goes back
+                self._cond.notify_all()  # ordinary waiters may go again once no urgent one waits
 
     def release(self) -> None:
         with self._cond:
@@ -67,6 +88,9 @@ class LinkLock:
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
+                if self._urgent_waiting and self._ordinary_waiting and not self._ordinary_turn:
+                    oldest = min(self._ordinary_waiting.values())
+                    self._ordinary_turn = time.monotonic() - oldest >= self.starve_after
                 self._cond.notify_all()
 
     def __enter__(self) -> "LinkLock":

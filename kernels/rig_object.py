@@ -267,10 +267,12 @@ class Machine(SignalsAndDevices):
         return drive_safe({name: link.link for name, link in self.nodes.items()})
 
     def run(self, sequence, *, store=None, progress: bool = True, **params):
-        """Run a sequence (or a compiled plan) as one shot, with a text progress bar; returns its RunResult
-        (.status, .reason, .number, .shot()). See labrig.supervisor.runner."""
-        from labrig.supervisor.runner.session import run_sequence
-        return run_sequence(self.spec, self.directory, sequence, store=store, progress=progress, **params)
+        """Run a sequence (or a compiled plan) as one shot; returns its RunResult (.status, .reason, .number,
+        .shot()). Progress: in a kernel, a progress bar and a live plot of the acquired signals, then the
+        shot's overview (kernels/widgets/runview.py); outside one, or with progress="text", a text bar.
+        See labrig.supervisor.runner."""
+        from .widgets.runview import run_with_progress
+        return run_with_progress(self, sequence, store=store, progress=progress, **params)
 
     def scan(self, sequence, *, grid: dict | None = None, points: list | None = None, **options):
         """One shot per point of `grid` ({name: [values]}, every combination) or `points` ([{...}])."""
@@ -305,7 +307,8 @@ class Machine(SignalsAndDevices):
 
     def panel(self, **options):
         """The control panel (ipywidgets): a knob per output, live values from MQTT telemetry, interlock and
-        watchdog lights with re-arm, the emergency stop. See labrig.kernels.widgets.panel.Panel for options."""
+        watchdog lights with re-arm, the emergency stop, the run panel (sequences=[...]: its choice) and the run
+        monitor. See labrig.kernels.widgets.panel.Panel for options."""
         from .widgets.panel import Panel
         return Panel(self, **options)
 

@@ -26,6 +26,7 @@ from labrig.supervisor.rig import Rig, compile_condition
 from .checks import EPS, Scenario, Trajectory, check_interlocks, check_safe_exit
 from .exits import compile_exit
 from .plan import Plan
+from .scans import place_scan
 from .sequence import source_hash
 from .timeline import MAX, Step, Timeline
 
@@ -146,6 +147,8 @@ class _Compiler:
             self.wait(step, placed)
         elif kind == "acquire":
             self.acquire(step, placed, until)
+        elif kind == "step_scan":
+            place_scan(self, step, placed)
         elif kind == "hold":
             for name in step.signals:
                 rig_output(self.rig, name, step)
@@ -322,7 +325,8 @@ class _Compiler:
     def hash(self) -> str:
         steps = "" if self.tl.source else repr([(s.kind, s.name, s.signal, s.value, s.rate, s.duration, s.width,
                                                   s.signals, s.condition, s.timeout, s.sample_rate, s.window,
-                                                  s.delay) for s in self.tl.steps])
+                                                  s.delay) + ((s.points, s.deadline, s.on_late) if s.points else ())
+                                                 for s in self.tl.steps])
         return source_hash(self.tl.name, self.tl.source, self.tl.params, steps)
 
 

@@ -48,7 +48,7 @@ class Param:
         if self.type in (float, int):
             value = self._number(where, value)
             if self.range is not None and not self.range[0] <= value <= self.range[1]:
-                raise RangeError(f"{where} = {value:g} {self.unit} is outside its range "
+                raise RangeError(f"{where} = {value:g}{' ' + self.unit if self.unit else ''} is outside its range "
                                  f"[{self.range[0]:g}, {self.range[1]:g}] {self.unit}".rstrip())
             return value
         if self.type is bool:

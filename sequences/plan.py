@@ -9,6 +9,9 @@
                 "at": {"w2": 0.0}}, ...],
      "acquisitions": [{"step": 8, "signals": [...], "rate": 1000.0, "window": 2.0,
                        "t_start": ..., "at": {...}, "until": {...}}],
+     "scans": [{"step": 9, "signal": "gas_flow", "values": [...], "read": ["door_switch"],
+                "rate": 1000.0, "deadline": 0.001, "on_late": "record", "from": 0.0,
+                "t_start": ..., "at": {...}, "duration": ...}],   # step scans the node runs itself
      "safe_exit": [{"kind": "ramp", "signal": "rf_power", "to": 0.0, "rate": 400.0,
                     "t_start": 0.0, "duration_max": 3.0, ...}],
      "gates": ["w2"],          # the waits whose ends its steps start from

@@ -1,16 +1,23 @@
 """From the compiler's placed steps to what the plan holds: per-node tables, summary rows, notes."""
 from __future__ import annotations
 
+from .scans import scan_detail, scan_entry
+
 
 def node_tables(c, exit_steps: list) -> dict:
     rig, tables = c.rig, {}
 
     def table(node: str) -> dict:
-        return tables.setdefault(node, {"node": node, "start": {}, "steps": [], "acquisitions": [],
+        return tables.setdefault(node, {"node": node, "start": {}, "steps": [], "acquisitions": [], "scans": [],
                                         "safe_exit": [], "gates": [], "waits": []})
 
     for placed in c.placed:
         step = placed.step
+        if step.kind == "step_scan":  # one entry: the node runs every point itself
+            node = rig.signals[step.signal].node
+            table(node)["start"].setdefault(step.signal, c.start[step.signal])
+            table(node)["scans"].append(scan_entry(c, placed))
+            continue
         for seg in placed.segments:
             node = rig.signals[seg.signal].node
             table(node)["start"].setdefault(seg.signal, c.start[seg.signal])
@@ -34,7 +41,7 @@ def node_tables(c, exit_steps: list) -> dict:
         table(entry["node"])["safe_exit"].append({k: _r(v) for k, v in entry.items() if k != "node"})
     for t in tables.values():
         t["steps"].sort(key=lambda s: (s["t_start"], s["step"]))
-        gates = {g for s in t["steps"] + t["acquisitions"] for g in (*s["at"], *s.get("until", {}))}
+        gates = {g for s in t["steps"] + t["acquisitions"] + t["scans"] for g in (*s["at"], *s.get("until", {}))}
         t["gates"] = sorted(gates - {"shot"}, key=lambda g: int(g[1:]))
     return dict(sorted(tables.items()))
 
@@ -51,6 +58,8 @@ def step_rows(c) -> list[dict]:
     for placed in sorted(c.placed, key=lambda p: (c.time(p.at), p.step.index)):
         step = placed.step
         signals = [step.signal] if step.signal else list(step.signals)
+        if step.kind == "step_scan":
+            signals += list(step.signals)
         if step.kind == "wait_until":
             signals = list(c.waits[next(iter(placed.end))]["condition"].signals)
         nodes = sorted({c.rig.node_of(s) for s in signals})
@@ -73,6 +82,8 @@ def _detail(c, placed) -> str:
         return f"{segs[0].v0:g} -> {segs[0].v1:g} {unit} for {step.width * 1000:g} ms and back{edges}"
     if step.kind == "hold":
         return f"{step.duration:g} s" + (f", keeps {', '.join(step.signals)}" if step.signals else "")
+    if step.kind == "step_scan":
+        return scan_detail(c, placed)
     if step.kind == "wait_until":
         wait = c.waits[next(iter(placed.end))]
         return (f"until {step.condition} (timeout {step.timeout:g} s, expect {step.expect:g} s; "

@@ -8,6 +8,7 @@
         tl.acquire(["langmuir_I"], rate=1000)    # for as long as the rest of the block
         tl.ramp("rf_power", 600, rate=200)
         tl.pulse("gas_flow", 25, width=0.05, delay=1.0)
+    tl.step_scan("gas_flow", [20, 20.1, 20.2], read=("door_switch",), rate=1000)  # set, acked, read, next
     with tl.safe_exit():
         tl.ramp("rf_power", 0)
 
@@ -37,7 +38,7 @@ MAX = "max"  # rate="max": the signal's declared max slew
 @dataclass(eq=False)
 class Step:
     index: int
-    kind: str  # set | ramp | pulse | hold | wait_until | acquire
+    kind: str  # set | ramp | pulse | hold | wait_until | acquire | step_scan
     name: str
     where: str = ""  # file:line of the call, so a refusal points at the notebook line
     signal: str = ""  # set, ramp, pulse
@@ -53,6 +54,9 @@ class Step:
     window: float | None = None  # acquire, s; None: as long as its parallel block
     anchor: tuple | None = None  # ("at", t) or ("after", step or block)
     delay: float = 0.0
+    points: tuple[float, ...] = ()  # step_scan: the values set, one per point (sample_rate: points/s)
+    deadline: float | None = None  # step_scan: s from a point's due time to its last read; None: 1/rate
+    on_late: str = "record"  # step_scan: "record" a point past its deadline, or "fail" the shot there
 
     def __str__(self) -> str:
         return f"step {self.index} '{self.name}'" + (f" ({self.where})" if self.where else "")
@@ -142,6 +146,36 @@ class Timeline:
             raise ConfigError("acquire: name at least one signal")
         return self._add("acquire", name or f"acquire {', '.join(signals)}", at, after, delay, signals=signals,
                          sample_rate=_positive(rate, "rate", "acquire"), window=_positive(window, "window", "acquire"))
+
+    def step_scan(self, signal: str, values: Seq[float], *, read: str | Seq[str], rate: float,
+                  deadline: float | None = None, on_late: str = "record", at=None, after=None, delay: float = 0.0,
+                  name: str = "") -> Step:
+        """For each value, at `rate` points/s: set `signal`, wait for the device to acknowledge it, read
+        the `read` signals once, record the point. The node runs the whole scan itself (its output and
+        reads on that one node). Point i is due at i/rate s from the step's start and must have its
+        reads by `deadline` s later (default: 1/rate); a point past it is recorded in the shot and
+        the node's audit ("record") or stops the shot there ("fail"). Points are never skipped.
+
+        The shot gets each read signal's values (t: when read), `SIGNAL:set` (t: when the set was
+        acknowledged) and, for late points only, `SIGNAL:late` (s past the deadline)."""
+        points = tuple(_number(v, "value", f"step_scan {signal}") for v in values)
+        if not points:
+            raise ConfigError(f"step_scan {signal}: give at least one value")
+        read = (read,) if isinstance(read, str) else tuple(read)
+        if not read or not all(isinstance(r, str) and r for r in read):
+            raise ConfigError(f"step_scan {signal}: read= names the signals read at each point (got {read!r})")
+        if len(set(read)) != len(read):
+            raise ConfigError(f"step_scan {signal}: read= names {read!r}; each signal once")
+        if on_late not in ("record", "fail"):
+            raise ConfigError(f"step_scan {signal}: on_late={on_late!r}; allowed: 'record' (go on, recorded) or "
+                              "'fail' (stop the shot at the first late point)")
+        rate = _positive(rate, "rate", f"step_scan {signal}")
+        if rate is None:
+            raise ConfigError(f"step_scan {signal}: rate= (points per second) is required")
+        return self._add("step_scan", name or f"step_scan {signal}", at, after, delay, signal=signal,
+                         value=points[-1], points=points, signals=read, sample_rate=rate,
+                         duration=len(points) / rate, deadline=_positive(deadline, "deadline", f"step_scan {signal}"),
+                         on_late=on_late)
 
     # ---------------------------------------------------------------- composition
     @contextlib.contextmanager

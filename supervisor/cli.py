@@ -495,6 +495,60 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print the status 
 
 @app.command()
 @friendly
+def dashboard(rig: Path = RigArg,
+              port: int = typer.Option(8866, help="TCP port (0: any free one)."),
+              ip: str = typer.Option("127.0.0.1", help="Interface to listen on; any but loopback needs --token."),
+              token: Optional[str] = typer.Option(None, envvar="LABRIG_DASHBOARD_TOKEN",
+                                                  help="Token the page asks for; 'auto' generates one."),
+              timeout: float = typer.Option(60.0, help="Seconds to wait for Voila to listen."),
+              state_dir: Optional[Path] = StateOpt):
+    """Serve the control-room view (Voila) of the running cluster: machine state, knobs, live values, interlocks,
+    the emergency stop. Runs until Ctrl-C; stops every kernel it started."""
+    from .dashboard import serve_dashboard
+    serve_dashboard(rig, directory=_state(state_dir), ip=ip, port=port, token=token, timeout=timeout,
+                    echo=lambda line: print(line, flush=True))  # plain: rich would wrap a long URL
+
+
+@app.command()
+@friendly
+def batch(notebook: Path = typer.Argument(..., help="A notebook with a cell tagged 'parameters'."),
+          param: list[str] = typer.Option([], "--param", "-p", help="NAME=VALUE for every run (repeat it)."),
+          grid: list[str] = typer.Option([], "--grid", "-g", help="NAME=V1,V2,...: one run per value "
+                                                                    "(several --grid: every combination)."),
+          reports: Optional[Path] = typer.Option(None, help="Where the report notebooks go "
+                                                            "(default: the shot store's reports/ folder)."),
+          kernel: str = typer.Option("labrig-supervisor", help="The kernel that runs the notebook.")):
+    """Run a parametrised notebook headless (papermill), once per point: one report notebook per shot."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    from .batch import grid_points, parse_assignment, run_batch
+    from .store import default_root
+    try:
+        KernelSpecManager().get_kernel_spec(kernel)
+    except NoSuchKernel:
+        raise ConfigError(f"no kernel {kernel!r} installed: run `labrig kernel install RIG` first") from None
+    fixed = dict(parse_assignment(p) for p in param)
+    axes = {}
+    for text in grid:
+        name, values = parse_assignment(text)
+        if isinstance(values, str):
+            values = [parse_assignment(f"{name}={v}")[1] for v in values.split(",")]
+        axes[name] = values if isinstance(values, list) else [values]
+    points = grid_points(axes, fixed)
+    folder = reports or default_root() / "reports"
+    out.print(f"{notebook}: {len(points)} run(s), reports in {folder}")
+    failed = 0
+    for report in run_batch(notebook, points, reports=folder, kernel=kernel):
+        shots = ", ".join(f"{s['shot']} {s['status']}" for s in report.shots) or "no shot"
+        point = " ".join(f"{k}={v}" for k, v in report.parameters.items())
+        out.print(f"  {point}: {shots}" + (f"  [red]{report.error}[/]" if report.error else "") + f"  -> {report.report}")
+        failed += not report.ok
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def down(state_dir: Optional[Path] = StateOpt):
     """Stop everything `labrig up` started (kernels, runtimes, simulators, broker); leaves nothing behind."""
     from .cluster import stop_cluster

@@ -24,3 +24,21 @@ def wait_for(check, timeout: float, what: str):
     if not value:
         raise AssertionError(f"{what}: not within {timeout} s")
     return value
+
+
+def clear_startup_trips(directory) -> None:
+    """A loaded machine can start a cluster with a latched trip (the guard judged a node before it answered):
+    re-arm it, so a test starts from a rig with nothing latched. Fails if a trip cannot be re-armed in 10 s."""
+    from labrig.drivers.errors import LabrigError
+    from labrig.supervisor.safety import all_trips, rearm
+
+    def clear() -> bool:
+        found = all_trips(directory)
+        for trips in found.values():
+            for trip in trips if isinstance(trips, list) else ():
+                try:
+                    rearm(trip["interlock"], directory)
+                except LabrigError:  # refused while its condition fails: ask again
+                    pass
+        return not any(isinstance(trips, list) and trips for trips in found.values())
+    wait_for(clear, 10, "no latched trip after the cluster started")

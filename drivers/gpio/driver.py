@@ -51,6 +51,7 @@ DEFAULT_PORT = 8888  # pigpiod's
 MOCK_REVISION = "a02082"  # the board MockFactory pretends to be: a Pi 3 B, like the simulator
 MAX_BCM = 27  # GPIO0..27 are on the 40-pin header
 _HWVER = 17  # pigpio socket command: hardware revision (our connect probe)
+_READ = 3  # pigpio socket command: a GPIO's level
 _UNSIGNED = {10, 11, 16, 17, 26}  # BR1, BR2, TICK, HWVER, PIGPV: results are uint32, not status codes
 # What pigpiod can answer (when not an error code) to the commands gpiozero sends; anything
 # else is a reply corrupted on the way, even when its echo survived.
@@ -146,6 +147,20 @@ class _Wire:
                 self._fail(FrameError, f"garbled pigpio reply: command {self._cmd} "
                                        f"cannot answer {result}")
         return data
+
+    def pipeline(self, requests: list[tuple[int, int, int]]) -> list[int]:
+        """Several commands sent at once, their replies read in order, each checked as `recv` checks
+        one (echo, plausible result); pigpiod runs them in order. Results as pigpio returns them."""
+        self.sendall(b"".join(struct.pack("<IIII", cmd, p1, p2, 0) for cmd, p1, p2 in requests))
+        results = []
+        try:
+            for cmd, p1, p2 in requests:
+                self._echo, self._cmd = struct.pack("<III", cmd, p1, p2), cmd
+                results.append(pigpio.u2i(int.from_bytes(self.recv(16)[12:16], "little")))
+        except LinkError:
+            self._late = True  # the replies after the bad one may still come: the next exchange skips them
+            raise
+        return results
 
     def _read(self, n: int) -> bytes:
         data = bytearray()
@@ -281,6 +296,7 @@ class GPIODriver(Driver):
         self._pi: pigpio.pi | None = None
         self._wire: _Wire | None = None
         self._link_ok = True
+        self._pwm_ranges: dict[int, int] = {}  # BCM -> the PWM range gpiozero set (pigpio's duty units)
         if heartbeat_pin is not None and not (isinstance(heartbeat_pin, int) and 0 <= heartbeat_pin <= MAX_BCM):
             raise ConfigError(f"{name or url}: heartbeat_pin {heartbeat_pin!r} is not a BCM pin 0..{MAX_BCM}")
         if not float(heartbeat_period) > 0:
@@ -448,10 +464,31 @@ class GPIODriver(Driver):
         with self._io_lock, self._link(f"read {spec.address}"):
             return float(self.devices[spec.name].value)
 
+    def read_many(self, names) -> dict[str, float]:
+        """Levels of several GPIO channels in one exchange: their READ commands pipelined (each reply
+        checked as any); PWM duties, and the mock factory, channel by channel."""
+        names = list(names)
+        specs = [self._spec(name) for name in names]
+        if self._pi is None or len(names) < 2 or any(self._addresses[s.name].pwm for s in specs):
+            return super().read_many(names)
+        self._check_open()
+        with self._io_lock, self._link(f"read {', '.join(s.address for s in specs)}"), self._pi.sl.l:
+            levels = self._wire.pipeline([(_READ, self._addresses[s.name].gpio, 0) for s in specs])
+            for level in levels:
+                if level < 0:
+                    raise pigpio.error(pigpio.error_text(level))
+        return {s.name: s.calibration.to_physical(float(level)) for s, level in zip(specs, levels)}
+
     def _write_raw(self, spec: ChannelSpec, address: PinAddress, raw: float) -> None:
         device = self.devices[spec.name]
         with self._io_lock, self._link(f"write {spec.address}"):
-            if address.pwm:
+            if address.pwm and self._pi is not None:
+                # one command, acknowledged by pigpiod (gpiozero asks the pin's range and present duty
+                # first: three round trips); the range is the one gpiozero gave the pin, read once
+                if address.gpio not in self._pwm_ranges:
+                    self._pwm_ranges[address.gpio] = self._pi.get_PWM_range(address.gpio)
+                self._pi.set_PWM_dutycycle(address.gpio, round(float(raw) * self._pwm_ranges[address.gpio]))
+            elif address.pwm:
                 device.value = float(raw)
             else:
                 device.value = raw >= 0.5

@@ -200,7 +200,7 @@ class Knob:
             if holders:
                 self.disarm()
                 reasons = "; ".join(f"{k}: {v}" for k, v in holders.items())
-                self.say(f"&#9940; held by {html.escape(', '.join(holders))}", bad=True, tip=reasons)
+                self.say(f"held by {html.escape(', '.join(holders))}", bad=True, tip=reasons)
             else:
                 self.say("released: its interlock was re-armed")
             self._refresh()

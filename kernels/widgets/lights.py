@@ -28,7 +28,7 @@ class _InterlockRow:
         self.reason = w.HTML("", layout=w.Layout(width="auto"))
         self.button = w.Button(description="re-arm", disabled=True, icon="refresh",
                                tooltip=f"re-arm {name} (refused while its condition fails)",
-                               layout=w.Layout(width="90px"))
+                               layout=w.Layout(width="110px"))
         self.button.on_click(lambda _: on_rearm(name))
         self.widget = w.HBox([self.light, self.button, self.reason])
         self.trip: dict | None = None

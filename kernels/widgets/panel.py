@@ -5,7 +5,9 @@
     p.readouts["pressure"]  one input's live value (and sparkline)
     p.interlocks            interlock lights with re-arm buttons; p.watchdogs: one light per node
     p.estop                 the emergency stop
-    p.close()               unsubscribe, stop the ticker, close the widgets
+    p.run_panel             run a sequence: its form, dry run, run, pause, abort, progress (runpanel.py)
+    p.monitor               the running sequence and the last shot, whoever runs them (runmonitor.py)
+    p.close()               unsubscribe, stop the ticker, abort the panel's run, close the widgets
 
 Everything it shows comes from the rig file (which outputs, their units, limits,
 slew, which are armed) and from what the nodes publish over MQTT (telemetry, trips,
@@ -29,13 +31,18 @@ from .estop import EmergencyStop
 from .knobs import ARM_TIMEOUT, Knob
 from .lights import InterlockLights, WatchdogLights
 from .readouts import Readout
+from .runmonitor import RunMonitor
+from .runpanel import RunPanel
 from .telemetry import CONNECT_TIMEOUT, HISTORY, PERIOD, TelemetryFeed
 
 
 class Panel:
     def __init__(self, machine, *, plots: Iterable[str] | None = None, arm_timeout: float = ARM_TIMEOUT,
-                 history: float = HISTORY, period: float = PERIOD, connect_timeout: float = CONNECT_TIMEOUT):
-        """`plots`: the inputs that get a sparkline (default: those the rig file gives a telemetry rate)."""
+                 history: float = HISTORY, period: float = PERIOD, connect_timeout: float = CONNECT_TIMEOUT,
+                 sequences: Iterable | None = None, store=None):
+        """`plots`: the inputs that get a sparkline (default: those the rig file gives a telemetry rate).
+        `sequences`: those the run panel offers (default: the library's discharge, step_scan, conditioning);
+        `store`: the ShotStore its shots go to (default: the kernel's)."""
         self.machine = machine
         rig = machine.spec
         signals = rig.signals
@@ -62,6 +69,8 @@ class Panel:
                                                "(what telemetry does continuously when it is on)")
         self.refresh_button.on_click(lambda _: self.refresh())
         self._show_snapshot(snapshot)
+        self.run_panel = RunPanel(machine, sequences=sequences, store=store)
+        self.monitor = RunMonitor(feed=self.feed)  # listens before the feed starts: the retained state comes first
 
         self.feed.on_trips(self._on_trips)
         self.feed.on_values(self._on_values)
@@ -78,6 +87,8 @@ class Panel:
             w.HTML("<b>Outputs</b>"), w.VBox([k.widget for k in self.knobs.values()]),
             w.HTML("<b>Inputs</b>"), w.VBox([r.widget for r in self.readouts.values()]),
             self.interlocks.widget,
+            w.HTML("<b>Run a sequence</b>"), self.run_panel.widget,
+            self.monitor.widget,
         ])
 
     # -- asking the runtimes (at build, on a button, without a broker) ------------
@@ -183,8 +194,11 @@ class Panel:
         return bundle
 
     def close(self) -> None:
-        """Unsubscribe, stop the ticker, and close every widget (their comms) of the panel."""
+        """Unsubscribe, stop the ticker, abort the panel's run (if one is under way), and close every widget
+        (their comms) of the panel."""
         self.feed.close()
+        self.monitor.close()
+        self.run_panel.close()
         _close_tree(self.widget)
 
     def __repr__(self):

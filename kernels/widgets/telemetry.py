@@ -1,9 +1,10 @@
-"""One MQTT subscription per panel: telemetry, trips, heartbeats, node status.
+"""One MQTT subscription per panel: telemetry, trips, heartbeats, node status, the runner's state.
 
     feed = TelemetryFeed("ishtar", {"url": "mqtt://127.0.0.1:1883"}, track=["langmuir_I"])
     feed.on_values(fn)    fn({signal: (t, value)}) at most `period` s apart (the UI's ~10 Hz), on the ticker
     feed.on_trips(fn)     fn({"guard" or node: [trip, ...]}) at once, on the MQTT thread
     feed.on_tick(fn)      fn() every `period` s (watchdog ages, lapsed arms), on the ticker
+    feed.on_run(fn)       fn(state) for each runner state message (supervisor/runner/announce.py), at once
     feed.start(); ...; feed.close()
 
 Batches arrive from every node ten times a second; the MQTT thread only files them
@@ -42,12 +43,14 @@ class TelemetryFeed:
         self.beats: dict[str, dict] = {}  # node or "guard" -> its last heartbeat
         self.status: dict[str, str] = {}  # node or "guard" -> "online" / "offline" (its last will)
         self.received = 0  # telemetry batches filed
+        self.run_state: dict | None = None  # the runner's last state (retained: the last shot's, when idle)
         self._history = {name: collections.deque(maxlen=20000) for name in track}
         self._pending: dict[str, tuple[float, float | None]] = {}
         self._lock = threading.Lock()
         self._value_listeners: list[Callable] = []
         self._trip_listeners: list[Callable] = []
         self._tick_listeners: list[Callable] = []
+        self._run_listeners: list[Callable] = []
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._subscriber: MqttSubscriber | None = None
@@ -64,6 +67,9 @@ class TelemetryFeed:
     def on_tick(self, fn: Callable[[], None]) -> None:
         self._tick_listeners.append(fn)
 
+    def on_run(self, fn: Callable[[dict], None]) -> None:
+        self._run_listeners.append(fn)
+
     def start(self, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         """Subscribe (when there is a broker; waits at most `connect_timeout` s for it) and start ticking."""
         if not self.error and self._subscriber is None:
@@ -71,7 +77,8 @@ class TelemetryFeed:
             try:
                 self._subscriber = MqttSubscriber(
                     self.broker["url"], [topic(self.rig, "+", kind) for kind in
-                                         ("telemetry", "trips", "heartbeat", "status")],
+                                         ("telemetry", "trips", "heartbeat", "status")]
+                    + [topic(self.rig, "runner", "state")],
                     self._on_message, client_id=f"{self.rig}-panel-{os.getpid()}-{uuid.uuid4().hex[:6]}",
                     username=self.broker.get("username") or None, password=password,
                     tls=bool(self.broker.get("tls")), timeout=connect_timeout)
@@ -127,6 +134,10 @@ class TelemetryFeed:
             self._file(data.get("signals") or {})
         elif kind == "heartbeat" and isinstance(data, dict):
             self.beats[where] = data
+        elif where == "runner" and kind == "state" and isinstance(data, dict):
+            self.run_state = data
+            for fn in self._run_listeners:  # at most ~2 a second: straight to the listeners
+                _call(fn, data)
         elif kind == "trips":
             trips = data.get("trips", []) if isinstance(data, dict) else data or []
             with self._lock:

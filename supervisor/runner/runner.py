@@ -13,6 +13,12 @@ waits that span nodes, pulls the acquired samples into the shot, and stops every
 node runs its safe exit) on an abort, a trip, a failed step, a node that stops answering or
 the overall timeout (duration_max + safe exit + margin). The shot always closes, with its
 status and reason, whatever happens (bluesky's discipline: `finally`).
+
+`progress(p)` is called at every look at the nodes (~20 Hz) with {"t": shot time, "duration", "shot",
+"states": {node: state}, "paused", "samples": {name: (times, values)} fetched since the last
+call}: a display gets the acquired samples as they reach the shot, with no second read of the
+nodes. The run's state is also published on MQTT, retained (announce.py), when the rig has a
+broker.
 """
 from __future__ import annotations
 
@@ -33,8 +39,10 @@ from ..rig import Rig, compile_condition
 from ..runtime import RuntimeClient
 from ..runtime.locate import client_options, runtime_record
 from ..state import state_dir
+from .announce import RunAnnouncer
 from .clocks import check_offsets, measure_offset
 from .leases import LeaseHolder
+from .scans import late_reason, late_scans, scan_units
 
 FINAL = ("done", "aborted", "failed", "tripped")
 POLL = 0.05  # s between looks at the nodes
@@ -58,11 +66,22 @@ class RunResult:
         """The shot file, open read-only (use it in a `with`)."""
         return self.store.shot(self.number)
 
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """A notebook shows the shot in words; batch jobs (supervisor/batch.py) find it in SHOT_MIMETYPE."""
+        text = f"shot {self.number}: {self.status}" + (f" ({self.reason})" if self.reason else "") + \
+            (f", file {self.path}" if self.path else "")
+        return {"text/plain": text, SHOT_MIMETYPE: {"shot": self.number, "status": self.status,
+                                                     "reason": self.reason, "path": str(self.path or "")}}
+
+
+SHOT_MIMETYPE = "application/vnd.labrig.shot+json"  # a run's shot, machine-readable in a notebook's outputs
+
 
 class Runner:
     def __init__(self, rig: Rig | str | Path, plan, *, directory: str | Path | None = None, store=None,
                  clock_tolerance: float = 0.02, holder: str | None = None,
-                 progress: Callable[[dict], None] | None = None, timeout_margin: float = MARGIN):
+                 progress: Callable[[dict], None] | None = None, timeout_margin: float = MARGIN,
+                 announce: bool = True):
         self.rig = rig if isinstance(rig, Rig) else Rig.load(rig)
         if plan.rig.get("digest") and plan.rig["digest"] != self.rig.digest:
             raise LabrigError(f"the plan was compiled for rig {plan.rig['name']!r} ({plan.rig['digest'][:12]}), "
@@ -77,6 +96,7 @@ class Runner:
         self.holder = holder or f"runner-{os.getpid()}"
         self.progress = progress
         self.timeout_margin = timeout_margin
+        self.announce = announce  # publish the run's state on MQTT (when the rig has a broker)
         self.id = f"{plan.name}-{uuid.uuid4().hex[:8]}"
         self.nodes = list(plan.tables)
         self._abort = threading.Event()
@@ -149,7 +169,13 @@ class Runner:
                                       parameters=plan.params, rig=self.rig,
                                       metadata={"run": self.id, "holder": self.holder, "plan": plan.to_dict()})
         status, reason = "fail", "the runner stopped unexpectedly"
-        watch = _Watch(self, clients, writer)
+        path = None
+        announcer = None
+        if self.announce:
+            announcer = RunAnnouncer(self.rig, self.directory, run=self.id, sequence=plan.name,
+                                     parameters=plan.params, shot=writer.number, duration=plan.duration)
+            announcer.start()
+        watch = _Watch(self, clients, writer, announcer)
         try:
             status, reason = watch.run()
         except KeyboardInterrupt:
@@ -162,15 +188,20 @@ class Runner:
             try:
                 watch.finish(status, reason)
             finally:
-                path = writer.close(status, reason)
+                try:
+                    path = writer.close(status, reason)
+                finally:
+                    if announcer is not None:
+                        announcer.end(status, reason, path)
         return RunResult(writer.number, path, status, reason, self.id, self.offsets, self.states, self.store)
 
 
 class _Watch:
     """The run from its start to the end of every node's table or safe exit."""
 
-    def __init__(self, runner: Runner, clients: dict, writer):
-        self.r, self.clients, self.writer = runner, clients, writer
+    def __init__(self, runner: Runner, clients: dict, writer, announcer: RunAnnouncer | None = None):
+        self.r, self.clients, self.writer, self.announcer = runner, clients, writer, announcer
+        self.fresh: dict[str, list] = {}  # samples fetched since the last progress call: name -> [(t, v), ...]
         self.plan = runner.plan
         self.t_open = time.time()
         self.t0: float | None = None
@@ -180,7 +211,7 @@ class _Watch:
         self.trips_seen: set = set()
         self.sup_waits = {w["id"]: dict(w, cond=compile_condition(w["condition"]))
                           for w in self.plan.waits if w["evaluated_by"] == "supervisor"}
-        self.units = {n: s.unit for n, s in runner.rig.signals.items()}
+        self.units = {n: s.unit for n, s in runner.rig.signals.items()} | scan_units(self.plan, runner.rig)
         self.started = False
         self.paused_at: float | None = None  # real shot time of the pause under way
         self.paused_total = 0.0
@@ -206,7 +237,7 @@ class _Watch:
                 node, s = next(iter(aborted.items()))
                 return "abort", f"node {node} aborted: {s['reason']}"
             if all(s["state"] == "done" for s in states.values()):
-                return "success", ""
+                return "success", late_reason(states)  # a step scan's late points are told, not hidden
             if r._abort.is_set():
                 return "abort", r._abort_reason
             if now > deadline and self.paused_at is None:
@@ -219,10 +250,13 @@ class _Watch:
                 problem = self.supervise(now - self.t0 - self.paused_total)
                 if problem:
                     return "fail", problem
+            progress = {"t": now - self.t0 - self.paused_total, "duration": self.plan.duration,
+                        "shot": self.writer.number, "states": states, "paused": self.paused_at is not None}
+            if self.announcer is not None:
+                self.announcer.progress(progress)
             if r.progress:
                 try:
-                    r.progress({"t": now - self.t0 - self.paused_total, "duration": self.plan.duration,
-                                "states": states, "paused": self.paused_at is not None})
+                    r.progress({**progress, "samples": self.take_fresh()})
                 except Exception:  # noqa: BLE001 - a broken display never stops a shot
                     r.progress = None
             time.sleep(POLL)
@@ -308,7 +342,7 @@ class _Watch:
         return None
 
     def fetch(self, node: str) -> None:
-        if not self.plan.tables[node]["acquisitions"]:
+        if not (self.plan.tables[node]["acquisitions"] or self.plan.tables[node].get("scans")):
             return
         while True:
             reply = self.clients[node].call("sequence_fetch", run=self.r.id, cursor=self.cursors[node])
@@ -316,10 +350,18 @@ class _Watch:
             if reply["dropped"]:
                 self.writer.event("dropped", node=node, samples=reply["dropped"])
             for name, data in reply["signals"].items():  # node shot times: its start was offset-corrected
-                self.writer.signal(name, np.asarray(data["t"], dtype=float),
-                                   np.asarray(data["v"], dtype=float), unit=self.units.get(name, ""))
+                t, v = np.asarray(data["t"], dtype=float), np.asarray(data["v"], dtype=float)
+                self.writer.signal(name, t, v, unit=self.units.get(name, ""))
+                if self.r.progress:  # kept for the display only while there is one
+                    self.fresh.setdefault(name, []).append((t, v))
             if not reply["more"]:
                 return
+
+    def take_fresh(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The samples fetched since the last call, {name: (times, values)}."""
+        fresh, self.fresh = self.fresh, {}
+        return {name: (np.concatenate([t for t, _ in parts]), np.concatenate([v for _, v in parts]))
+                for name, parts in fresh.items()}
 
     def finish(self, status: str, reason: str) -> None:
         """Every node out of its table (the safe exit where it was not done), the last samples and the
@@ -349,6 +391,8 @@ class _Watch:
                         self.writer.audit(entry)
             except LabrigError as exc:
                 self.writer.event("note", text=f"audit of node {node} not collected: {exc}")
+        for scan in late_scans(r.states):
+            self.writer.event("deadline", **scan)
         self.writer.event("end", status=status, reason=reason,
                           nodes={n: {k: s.get(k) for k in ("state", "reason", "samples", "missed", "read_errors")}
                                  for n, s in r.states.items()})

@@ -26,14 +26,18 @@ def text_progress(plan, stream=None):
 
 
 def run_sequence(rig, directory, sequence, *, store=None, progress=True, **params):
-    """Compile `sequence` with `params` (or take a compiled Plan as it is) and run it as one shot."""
+    """Compile `sequence` with `params` (or take a compiled Plan as it is) and run it as one shot.
+
+    progress: True (a text bar, then the outcome line), False, or a callable `progress(plan)` that
+    returns the runner's progress callback (a display of its own: kernels/widgets/runview.py)."""
     plan = sequence if hasattr(sequence, "tables") else sequence(**params).compile(rig)
     if store is None:
         from ..store import ShotStore
         store = ShotStore()
-    result = Runner(rig, plan, directory=directory, store=store,
-                    progress=text_progress(plan) if progress else None).run()
-    if progress:
+    text = bool(progress) and not callable(progress)
+    callback = progress(plan) if callable(progress) else text_progress(plan) if text else None
+    result = Runner(rig, plan, directory=directory, store=store, progress=callback).run()
+    if text:
         print(f"\rshot {result.number}: {result.status}" + (f" ({result.reason})" if result.reason else "") + " " * 40)
     return result
 

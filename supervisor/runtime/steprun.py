@@ -11,6 +11,7 @@ from labrig.drivers.errors import Refused
 from ..rig.conditions import compile_condition
 from .acquire import SampleBuffer, Sampler
 from .ramps import Ramp
+from .scan import StepScan
 
 TICK = 0.005  # s: the executor's period
 EXIT_MARGIN = 1.0  # s beyond the safe exit's declared duration before the abrupt safe state
@@ -25,11 +26,14 @@ class TableRun:
         self.id, self.holder, self.table = run_id, holder, table
         self.waits = {wid: dict(waits[wid], cond=compile_condition(waits[wid]["condition"]))
                       for wid in table.get("waits", [])}
-        self.outputs = {s["signal"] for s in table.get("steps", [])} | {e["signal"] for e in table.get("safe_exit", [])}
+        self.outputs = ({s["signal"] for s in table.get("steps", []) + table.get("scans", [])}
+                        | {e["signal"] for e in table.get("safe_exit", [])})
         self.state, self.reason = "loaded", ""
         self.start: float | None = None
         self.gates: dict[str, float] = {"shot": 0.0}
-        self.pending = sorted(table.get("steps", []), key=lambda s: (s["t_start"], s["step"]))
+        self.scans = [StepScan(self, entry) for entry in table.get("scans", [])]  # scan.py: each on its thread
+        scans = [dict(entry, kind="scan", scan=scan) for entry, scan in zip(table.get("scans", []), self.scans)]
+        self.pending = sorted(table.get("steps", []) + scans, key=lambda s: (s["t_start"], s["step"]))
         self.done_steps = 0
         self.ramps: list[Ramp] = []
         self.buffer = SampleBuffer()
@@ -134,6 +138,7 @@ class TableRun:
                 "steps": {"done": self.done_steps, "total": len(self.table.get("steps", []))},
                 "samples": self.buffer.count, "missed": self.sampler.missed if self.sampler else 0,
                 "read_errors": self.sampler.errors if self.sampler else 0, "trips": self.trips,
+                "scans": [scan.as_dict() for scan in self.scans],
                 "paused": self.paused_total + (self.real() - self.paused_at if self.paused_at is not None else 0.0)}
 
     # -- the executor thread -------------------------------------------------------
@@ -181,6 +186,9 @@ class TableRun:
                     return "tripped", f"{ramp.error} on node {self.rt.node} (the ramp of {ramp.signal} stopped)"
                 if ramp.state in ("failed", "stopped"):
                     return "failed", f"the ramp of {ramp.signal} {ramp.state}: {ramp.error}"
+        for scan in self.scans:
+            if scan.state == "failed":
+                return "failed", f"step scan {scan.entry['name']!r}: {scan.error}"
         return None
 
     def _waits(self, now: float) -> None:
@@ -206,13 +214,19 @@ class TableRun:
 
     def _steps(self, now: float) -> None:
         """Run every due step; a step never jumps an earlier pending step on the same output."""
-        blocked: set[str] = set()
+        blocked: set[str] = {scan.signal for scan in self.scans if scan.running}  # a scan is never cut short
         for step in list(self.pending):
             due = self.when(step["at"])
-            if step["signal"] in blocked or due is None or due > now:
+            early = step["kind"] == "scan" and due is not None  # its thread waits for point 1 to the dot
+            if step["signal"] in blocked or due is None or (due > now and not early):
                 blocked.add(step["signal"])
                 continue
             self.pending.remove(step)
+            if step["kind"] == "scan":
+                self.ramps = [r for r in self.ramps if r.signal != step["signal"]]  # (the scan ends its ramp)
+                step["scan"].start(due)
+                blocked.add(step["signal"])
+                continue
             self._execute(step)
             self.done_steps += 1
 
@@ -237,7 +251,7 @@ class TableRun:
                      signal=name, value=to)
 
     def _complete(self, now: float) -> bool:
-        if self.pending or any(r.state == "running" for r in self.ramps):
+        if self.pending or any(r.state == "running" for r in self.ramps) or any(s.running for s in self.scans):
             return False
         if any(w not in self.gates for w in self.waits):
             return False
@@ -252,6 +266,7 @@ class TableRun:
         rt = self.rt
         self.state, self.reason, self.exit_started = "exiting", reason, time.time()
         self.pending = []
+        self.stop_scans(rt.driver.timeout + 0.5)  # their last point ends before the exit writes
         for ramp in self.ramps:
             if ramp.state == "running":
                 rt.ramps.stop(ramp.signal)
@@ -291,6 +306,14 @@ class TableRun:
         self._record("sequence_end", f"run {self.id}: {status} after the safe exit ({self.reason})")
         for then in thens:
             then()
+
+    def stop_scans(self, timeout: float, reason: str = "") -> None:
+        """Stop every scan after its present point and wait for it (at most `timeout` s); with a
+        `reason`, a scan stopped short fails the table."""
+        for scan in self.scans:
+            scan.stop(reason)
+        for scan in self.scans:
+            scan.join(timeout)
 
     def _record(self, op: str, detail: str, *, signal: str | None = "sequence", value=None) -> None:
         self.rt.audit.record(op, outcome="ok", client=self.holder, user="", signal=signal,

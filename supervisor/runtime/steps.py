@@ -21,9 +21,15 @@ runner relays to the nodes that need it. A pause freezes the timeline (steps, wa
 timeouts; acquisitions keep sampling and end later by the pause's length); `at` (shot seconds,
 given by the runner to every node) keeps the shift the same on every node.
 
+Step scans (a table's `scans`: set, acknowledged, read, at a rate, with a deadline per point) run
+on threads of their own (scan.py); a later step on the scanned output waits for the scan's end.
+
 Safety. Sets go through the same checks as the `write` op (envelope, interlocks, loops); ramps
-are checked as the `ramp` op and run on the runtime's RampEngine. Any new trip on this node, a
-failed ramp or a refused step stops the table and runs its safe exit (the declared ramp-downs).
+are checked as the `ramp` op and run on the runtime's RampEngine; a step scan's points are sets,
+checked each, no faster on average than the max slew (|step| x rate), and the scan stops when
+the runtime's safe state is asked for (as the `safe` op stops ramps: the table fails). Any new
+trip on this node, a failed ramp or a refused step stops the table and runs its safe exit (the
+declared ramp-downs).
 A lost lease while a table runs (the runner died) runs the safe exit too, then latches the
 lease trip as the runtime always does: the outputs come down at the declared rates rather than
 in one step, and the node still refuses writes until re-armed. If the exit does not finish in
@@ -44,7 +50,8 @@ from labrig.drivers.errors import ConfigError, RangeError, Refused
 from ..rig.conditions import compile_condition
 from .steprun import FINAL, TableRun
 
-MAX_RATE = 10_000.0
+MAX_RATE = 10_000.0  # Hz: acquisitions, and step scans' points per second
+MAX_POINTS = 1_000_000  # points of one step scan
 
 
 class StepExecutor:
@@ -61,6 +68,8 @@ class StepExecutor:
         runtime.audited.update({"sequence_load", "sequence_arm", "sequence_abort", "sequence_pause", "sequence_resume"})  # the start is journaled by the run
         self._lease_lost = runtime.lease_lost_handler
         runtime.lease_lost_handler = self._on_lease_lost  # a running table ramps down before the latch
+        self._safe_state = runtime._safe_state
+        runtime._safe_state = self._on_safe_state  # a step scan stops before the outputs go safe
 
     def clock(self) -> float:
         return time.time() + self.skew
@@ -133,6 +142,12 @@ class StepExecutor:
                 raise RangeError(f"acquisition {acq.get('name')!r}: rate {rate!r} must be in (0, {MAX_RATE:g}] Hz")
             _check_at(acq.get("at"))
             _check_at(acq.get("until") or {"shot": 0.0})
+        for scan in table.get("scans", []):
+            try:
+                _check_scan(env, scan)
+                _check_at(scan.get("at"))
+            except (ConfigError, RangeError) as exc:
+                raise type(exc)(f"step {scan.get('step')} ({scan.get('name')}): {exc}") from None
         for wid in table.get("waits", []):
             if wid not in waits:
                 raise ConfigError(f"wait {wid!r} is this node's to evaluate, but its condition was not sent")
@@ -204,12 +219,49 @@ class StepExecutor:
         args.setdefault("value", run.id)
         return run.resume(args.get("at"))
 
+    def _on_safe_state(self):
+        run = self.run
+        if run is not None and run.state not in FINAL:
+            # no point of a scan lands after the safe values; a scan stopped short fails the table
+            run.stop_scans(self.rt.driver.timeout + 0.5, "stopped: the runtime's safe state was asked for")
+        return self._safe_state()
+
     def _on_lease_lost(self, holder: str, overdue: float) -> None:
         run = self.run
         if run is None or run.state in FINAL or run.state == "loaded":
             return self._lease_lost(holder, overdue)
         run.request_exit("failed", f"the lease of {holder} was not renewed ({overdue:.2f} s overdue): "
                          "the safe exit runs on the node", then=lambda: self._lease_lost(holder, overdue))
+
+
+def _check_scan(env, scan: dict) -> None:
+    """A step scan as the node runs it: every point a direct write the envelope allows, and no
+    faster on average than the max slew (a move to the safe value excepted, as in every write)."""
+    name = scan.get("signal")
+    sig = env.output(name)
+    rate, deadline, values = scan.get("rate"), scan.get("deadline"), scan.get("values")
+    if not (isinstance(rate, (int, float)) and 0 < rate <= MAX_RATE):
+        raise RangeError(f"step scan of {name}: rate {rate!r} must be in (0, {MAX_RATE:g}] points/s")
+    if not (isinstance(deadline, (int, float)) and 0 < deadline < math.inf):
+        raise RangeError(f"step scan of {name}: deadline {deadline!r} must be a positive number of seconds")
+    if scan.get("on_late") not in ("record", "fail"):
+        raise ConfigError(f"step scan of {name}: on_late {scan.get('on_late')!r}; allowed: record, fail")
+    if not isinstance(values, list) or not 0 < len(values) <= MAX_POINTS:
+        raise ConfigError(f"step scan of {name}: values must be a list of 1..{MAX_POINTS} numbers")
+    reads = scan.get("read")
+    if not isinstance(reads, list) or not reads:
+        raise ConfigError(f"step scan of {name}: read must name the signals read at each point")
+    for r in reads:
+        env.signal(r)
+    previous = env.check_value(name, scan.get("from"))
+    for i, value in enumerate(values):
+        value = env.check_value(name, value)
+        env.check_step(name, value, previous)
+        if i and sig.max_slew is not None and value != sig.safe and \
+                abs(value - previous) * rate > sig.max_slew * (1 + 1e-9):
+            raise RangeError(f"step scan of {name}: point {i + 1} moves it {abs(value - previous):g} {sig.unit} in "
+                             f"1/{rate:g} s, faster than its max slew {sig.max_slew:g} {sig.unit}/s")
+        previous = value
 
 
 def _check_at(at) -> None:

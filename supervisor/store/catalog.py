@@ -1,6 +1,8 @@
 """The catalog: an index of the shot files, derived from them and rebuilt from them at will.
 
-SQLite (the stdlib's sqlite3) in the store's folder by default. Tables:
+SQLite (the stdlib's sqlite3) in the store's folder by default; a PostgreSQL URL
+(postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?schema=NAME]) for a team, which several stores
+may share, each in its own schema (dialects.py says how, and what else differs). Tables:
 
     shots(shot, status, reason, user, host, rig, rig_digest, sequence, sequence_hash, parameters
           (JSON), versions (JSON), t_start, t_end, n_events, n_trips, expired_calibrations,
@@ -10,122 +12,157 @@ SQLite (the stdlib's sqlite3) in the store's folder by default. Tables:
     derived(path, source_shot, name, version, code_sha256, created, user)
 
 Nothing here is the truth: a lost or damaged catalog is rebuilt by `reindex` from the files.
-Each operation opens its own connection (WAL, busy timeout), so writers in several processes
-and readers can share it. A catalog that is not SQLite (a PostgreSQL URL) is not written yet.
+Each operation opens its own connection and runs in one transaction (SQLite: WAL, busy timeout;
+PostgreSQL: upserts, a rebuild locks out writers), so writers in several processes and readers
+can share it. Statements are written once, with `?` placeholders, for both databases.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import sqlite3
+import logging
+import numbers
 from pathlib import Path
 from typing import Any, Iterable
 
 from labrig.drivers.errors import ConfigError
 
+from .dialects import Session, one_line, open_dialect, quote
+
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-SHOT_COLUMNS = ("shot", "status", "reason", "user", "host", "rig", "rig_digest", "sequence", "sequence_hash",
-                "parameters", "versions", "t_start", "t_end", "n_events", "n_trips", "expired_calibrations",
-                "built_by", "path", "size")
-SIGNAL_COLUMNS = ("shot", "grp", "name", "unit", "n", "min", "max", "mean", "t_first", "t_last")
-CAL_COLUMNS = ("shot", "name", "source", "version", "expired")
-DERIVED_COLUMNS = ("path", "source_shot", "name", "version", "code_sha256", "created", "user")
+# table -> ((column, type), ...), primary key; the types are the dialect's (int, real, text)
+TABLES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, ...]]] = {
+    "shots": ((("shot", "int"), ("status", "text"), ("reason", "text"), ("user", "text"), ("host", "text"),
+               ("rig", "text"), ("rig_digest", "text"), ("sequence", "text"), ("sequence_hash", "text"),
+               ("parameters", "text"), ("versions", "text"), ("t_start", "real"), ("t_end", "real"),
+               ("n_events", "int"), ("n_trips", "int"), ("expired_calibrations", "text"), ("built_by", "text"),
+               ("path", "text"), ("size", "int")), ("shot",)),
+    "signals": ((("shot", "int"), ("grp", "text"), ("name", "text"), ("unit", "text"), ("n", "int"), ("min", "real"),
+                 ("max", "real"), ("mean", "real"), ("t_first", "real"), ("t_last", "real")), ("grp", "name", "shot")),
+    "calibrations": ((("shot", "int"), ("name", "text"), ("source", "text"), ("version", "text"),
+                      ("expired", "int")), ("shot", "name", "source")),
+    "derived": ((("path", "text"), ("source_shot", "int"), ("name", "text"), ("version", "int"),
+                 ("code_sha256", "text"), ("created", "real"), ("user", "text")), ("path",)),
+}
+SHOT_COLUMNS, SIGNAL_COLUMNS, CAL_COLUMNS, DERIVED_COLUMNS = (tuple(c for c, _ in TABLES[t][0]) for t in TABLES)
+WRITE_ORDER = ("signals", "calibrations", "shots", "derived")  # add_shot's order, which rebuild's lock follows
 STATS = ("min", "max", "mean", "n", "t_first", "t_last", "unit")
-SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS shots (shot INTEGER PRIMARY KEY, status TEXT, reason TEXT, user TEXT, host TEXT,
-    rig TEXT, rig_digest TEXT, sequence TEXT, sequence_hash TEXT, parameters TEXT, versions TEXT, t_start REAL,
-    t_end REAL, n_events INTEGER, n_trips INTEGER, expired_calibrations TEXT, built_by TEXT, path TEXT, size INTEGER);
-CREATE INDEX IF NOT EXISTS shots_by_time ON shots (t_start);
-CREATE TABLE IF NOT EXISTS signals (shot INTEGER, grp TEXT, name TEXT, unit TEXT, n INTEGER, min REAL, max REAL,
-    mean REAL, t_first REAL, t_last REAL, PRIMARY KEY (grp, name, shot));
-CREATE TABLE IF NOT EXISTS calibrations (shot INTEGER, name TEXT, source TEXT, version TEXT, expired INTEGER,
-    PRIMARY KEY (shot, name, source));
-CREATE TABLE IF NOT EXISTS derived (path TEXT PRIMARY KEY, source_shot INTEGER, name TEXT, version INTEGER,
-    code_sha256 TEXT, created REAL, user TEXT);
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
+
+
+def _ddl(types: dict[str, str]) -> list[str]:
+    tables = [f"CREATE TABLE IF NOT EXISTS {t} ({', '.join(f'{quote(c)} {types[k]}' for c, k in cols)}, "
+              f"PRIMARY KEY ({', '.join(quote(c) for c in key)}))" for t, (cols, key) in TABLES.items()]
+    return tables + ["CREATE INDEX IF NOT EXISTS shots_by_time ON shots (t_start)"]
 
 
 class Catalog:
-    def __init__(self, location: str | Path):
-        text = str(location)
-        if "://" in text and not text.startswith("sqlite://"):
-            raise ConfigError(f"catalog {text!r}: only SQLite catalogs (a file path or sqlite:///PATH) are "
-                              "implemented; PostgreSQL is planned")
-        self.path = Path(text.removeprefix("sqlite://")) if text.startswith("sqlite://") else Path(text)
+    """`Catalog(location, *, schema=None)`: a SQLite path (or sqlite:///PATH) or a PostgreSQL URL;
+    `schema`: the store's schema in a PostgreSQL database, unless the URL names one."""
 
-    @contextlib.contextmanager
-    def connect(self):
-        """A connection in a transaction: committed on success, rolled back on error, always closed."""
-        con = sqlite3.connect(self.path, timeout=30)
-        try:
-            con.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
-            con.execute("PRAGMA synchronous=NORMAL")  # the catalog can be rebuilt: no fsync per commit
-            if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                con.executescript("DROP TABLE IF EXISTS shots; DROP TABLE IF EXISTS signals; "
-                                  "DROP TABLE IF EXISTS calibrations; DROP TABLE IF EXISTS derived;")
-                con.executescript(SCHEMA)
-            with con:
-                yield con
-        finally:
-            con.close()
+    def __init__(self, location: str | Path, *, schema: str | None = None):
+        self.dialect = open_dialect(location, schema)
+        self.path: Path | None = getattr(self.dialect, "path", None)  # the SQLite file; None on PostgreSQL
+        self._ddl = _ddl(self.dialect.types)
+        self._upsert = {t: self.dialect.upsert(t, tuple(c for c, _ in cols), key) for t, (cols, key) in TABLES.items()}
+
+    def __str__(self) -> str:
+        return str(self.dialect)
+
+    def __repr__(self) -> str:
+        return f"Catalog({str(self)!r})"
+
+    def connect(self, *, readonly: bool = False):
+        """A Session in a transaction: committed on success, rolled back on error, always closed."""
+        return self.dialect.session(self._prepare, readonly=readonly)
+
+    def _prepare(self, db: Session) -> None:
+        """Make the tables if they are missing or of another schema version (only an index: dropped, not migrated)."""
+        if self.dialect.version(db) == SCHEMA_VERSION:
+            return
+        with self.dialect.setup(db):
+            if self.dialect.version(db) != SCHEMA_VERSION:  # not made by another process meanwhile
+                for table in TABLES:
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in self._ddl:
+                    db.execute(statement)
+                self.dialect.set_version(db, SCHEMA_VERSION)
 
     @property
     def exists(self) -> bool:
-        return self.path.exists()
+        return self.dialect.exists
 
-    def add_shot(self, info: dict[str, Any], con: sqlite3.Connection | None = None) -> None:
+    def add_shot(self, info: dict[str, Any], con: Session | None = None) -> None:
         """Insert or replace one shot's rows from `shotfile.describe`."""
         if con is None:
             with self.connect() as con:
                 return self.add_shot(info, con)
-        row, number = info["shot"], info["shot"]["shot"]
+        number = info["shot"]["shot"]
+        self.dialect.lock_shot(con, number)
         for table in ("signals", "calibrations"):
             con.execute(f"DELETE FROM {table} WHERE shot = ?", (number,))
-        con.execute(_insert("shots", SHOT_COLUMNS), [row.get(c) for c in SHOT_COLUMNS])
-        con.executemany(_insert("signals", SIGNAL_COLUMNS),
-                        [(number, s["group"], s["name"], s["unit"], s["n"], _num(s["min"]), _num(s["max"]),
-                          _num(s["mean"]), _num(s["t_first"]), _num(s["t_last"])) for s in info["signals"]])
-        con.executemany(_insert("calibrations", CAL_COLUMNS),
-                        [(number, c["name"], c["source"], c["version"], int(c["expired"]))
-                         for c in info["calibrations"]])
+        self._write(con, [info], [])
 
-    def add_derived(self, row: dict[str, Any], con: sqlite3.Connection | None = None) -> None:
+    def add_derived(self, row: dict[str, Any], con: Session | None = None) -> None:
         if con is None:
             with self.connect() as con:
                 return self.add_derived(row, con)
-        con.execute(_insert("derived", DERIVED_COLUMNS), [row.get(c) for c in DERIVED_COLUMNS])
+        self._write(con, [], [row])
+
+    def _write(self, con: Session, shots: list[dict], derived: list[dict]) -> None:
+        """Many shots' rows in one statement per table (in WRITE_ORDER)."""
+        con.executemany(self._upsert["signals"], [
+            (i["shot"]["shot"], s["group"], s["name"], s["unit"], s["n"], _num(s["min"]), _num(s["max"]),
+             _num(s["mean"]), _num(s["t_first"]), _num(s["t_last"])) for i in shots for s in i["signals"]])
+        con.executemany(self._upsert["calibrations"], [
+            (i["shot"]["shot"], c["name"], c["source"], c["version"], int(c["expired"]))
+            for i in shots for c in i["calibrations"]])
+        con.executemany(self._upsert["shots"], [[i["shot"].get(c) for c in SHOT_COLUMNS] for i in shots])
+        con.executemany(self._upsert["derived"], [[row.get(c) for c in DERIVED_COLUMNS] for row in derived])
 
     def rebuild(self, shots: Iterable[dict], derived: Iterable[dict]) -> None:
-        """Replace the whole content in one transaction (readers see the old catalog until it commits)."""
+        """Replace the whole content in one transaction (readers see the old catalog until it commits).
+        A damaged SQLite file is deleted and made afresh: it is only an index."""
+        shots, derived = list(shots), list(derived)
+        try:
+            self._rebuild(shots, derived)
+        except self.dialect.damaged as exc:
+            log.warning("catalog %s unreadable (%s): rebuilding it from scratch", self, exc)
+            self.dialect.discard()
+            self._rebuild(shots, derived)
+
+    def _rebuild(self, shots: list[dict], derived: list[dict]) -> None:
+        with self.connect() as con:  # a table dropped by hand (the version says it is there): made again
+            for statement in self._ddl:  # (its own transaction: CREATE INDEX locks `shots` out of WRITE_ORDER)
+                con.execute(statement)
         with self.connect() as con:
-            for table in ("shots", "signals", "calibrations", "derived"):
+            self.dialect.lock(con, WRITE_ORDER)
+            for table in WRITE_ORDER:
                 con.execute(f"DELETE FROM {table}")
-            for info in shots:
-                self.add_shot(info, con)
-            for row in derived:
-                self.add_derived(row, con)
+            self._write(con, shots, derived)
 
     def dump(self) -> dict[str, list[tuple]]:
         """Every table, sorted: two catalogs with the same dump say the same thing."""
-        with self.connect() as con:
-            return {t: sorted(con.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
-                    for t in ("shots", "signals", "calibrations", "derived")}
+        with self.connect(readonly=True) as con:
+            return {t: sorted((tuple(r) for r in con.execute(f"SELECT * FROM {t}").fetchall()), key=repr)
+                    for t in TABLES}
 
     def query(self, columns: Iterable[str] = (), *, day=None, since=None, until=None, status=None,
               sequence=None, shots=None, where: str | None = None, args: Iterable = ()):
         """One row per shot (a pandas DataFrame indexed by shot). `columns`: "NAME.STAT" for a signal's
         summary (STAT: min, max, mean, n, t_first, t_last, unit), "telemetry/NAME.STAT" for telemetry,
-        "params.KEY" for a sequence parameter, or any column of the shots table."""
+        "params.KEY" for a sequence parameter, or any column of the shots table. `where`: SQL over the
+        shots table `s`, with `?` placeholders filled from `args` (on either database)."""
         import pandas as pd
-        select = ["s.shot", "s.t_start", "s.status", "s.user", "s.sequence"]
+        select = ["s.shot", "s.t_start", "s.status", 's."user"', "s.sequence"]
         names = ["shot", "t_start", "status", "user", "sequence"]
-        joins, select_args, join_args = [], [], []
+        joins, select_args, join_args, json_columns = [], [], [], []
         for i, col in enumerate(columns):
-            expr, sargs, join, jargs = _column(col, i)
+            expr, sargs, join, jargs = self._column(col, i)
             select.append(expr)
             names.append(col)
             select_args += sargs
+            if col.startswith("params."):
+                json_columns.append(col)
             if join:
                 joins.append(join)
                 join_args += jargs
@@ -135,45 +172,50 @@ class Catalog:
             cargs += list(args)
         sql = (f"SELECT {', '.join(select)} FROM shots s {' '.join(joins)}"
                + (f" WHERE {' AND '.join(conds)}" if conds else "") + " ORDER BY s.shot")
-        with self.connect() as con:
+        with self.connect(readonly=True) as con:
             try:
                 rows = con.execute(sql, select_args + join_args + cargs).fetchall()
-            except sqlite3.OperationalError as exc:
-                raise ConfigError(f"catalog query failed: {exc} (columns {list(columns)}, where {where!r})") from None
-        frame = pd.DataFrame.from_records(rows, columns=names)
+            except self.dialect.query_errors as exc:
+                raise ConfigError(f"catalog query failed: {one_line(exc)} (columns {list(columns)}, "
+                                  f"where {where!r})") from None
+        frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=names)
+        for col in json_columns:
+            frame[col] = frame[col].map(self.dialect.json_value, na_action="ignore")
         frame.insert(1, "time", pd.to_datetime(frame["t_start"], unit="s", utc=True).dt.tz_convert(_local_tz()))
         return frame.set_index("shot")
 
     def sql(self, text: str, args: Iterable = ()):
-        """Any read-only SQL over the catalog's tables, as a DataFrame."""
+        """Any read-only SQL over the catalog's tables, as a DataFrame; `?` placeholders take `args`
+        (without args the text goes to the database as written)."""
         import pandas as pd
-        with self.connect() as con:
-            cur = con.execute(text, list(args))
-            return pd.DataFrame.from_records(cur.fetchall(), columns=[d[0] for d in cur.description or ()])
+        args = list(args)
+        with self.connect(readonly=True) as con:
+            try:
+                cur = con.execute(text, args or None)
+            except self.dialect.query_errors as exc:
+                raise ConfigError(f"catalog SQL failed: {one_line(exc)} ({text!r})") from None
+            return pd.DataFrame.from_records([tuple(r) for r in cur.fetchall()],
+                                             columns=[d[0] for d in cur.description or ()])
 
-
-def _insert(table: str, columns: tuple[str, ...]) -> str:
-    return f"INSERT OR REPLACE INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    def _column(self, col: str, i: int) -> tuple[str, list, str, list]:
+        """(select expression, its arguments, join clause, its arguments) of one query column."""
+        if col.startswith("params."):
+            expr, arg = self.dialect.json_field("s.parameters", col[len("params."):])
+            return expr, [arg], "", []
+        if col in SHOT_COLUMNS:
+            return f"s.{quote(col)}", [], "", []
+        group, _, rest = col.rpartition("/") if "/" in col else ("signals", "", col)
+        name, _, stat = rest.rpartition(".")
+        if not name or stat not in STATS or group not in ("signals", "telemetry"):
+            raise ConfigError(f"query column {col!r}: use SIGNAL.STAT (STAT one of {', '.join(STATS)}), "
+                              "telemetry/SIGNAL.STAT, params.KEY, or a shots column: " + ", ".join(SHOT_COLUMNS))
+        return (f"j{i}.{quote(stat)}", [],
+                f"LEFT JOIN signals j{i} ON j{i}.shot = s.shot AND j{i}.grp = ? AND j{i}.name = ?", [group, name])
 
 
 def _num(value):
     """NaN (no samples) is stored as NULL, which SQL aggregates skip."""
     return None if value is None or value != value else value
-
-
-def _column(col: str, i: int) -> tuple[str, list, str, list]:
-    """(select expression, its arguments, join clause, its arguments) of one query column."""
-    if col.startswith("params."):
-        return "json_extract(s.parameters, ?)", [f'$."{col[len("params."):]}"'], "", []
-    if col in SHOT_COLUMNS:
-        return f"s.{col}", [], "", []
-    group, _, rest = col.rpartition("/") if "/" in col else ("signals", "", col)
-    name, _, stat = rest.rpartition(".")
-    if not name or stat not in STATS or group not in ("signals", "telemetry"):
-        raise ConfigError(f"query column {col!r}: use SIGNAL.STAT (STAT one of {', '.join(STATS)}), "
-                          "telemetry/SIGNAL.STAT, params.KEY, or a shots column: " + ", ".join(SHOT_COLUMNS))
-    return (f"j{i}.{stat}", [], f"LEFT JOIN signals j{i} ON j{i}.shot = s.shot AND j{i}.grp = ? AND j{i}.name = ?",
-            [group, name])
 
 
 def _filters(*, day, since, until, status, sequence, shots) -> tuple[list[str], list]:
@@ -192,7 +234,9 @@ def _filters(*, day, since, until, status, sequence, shots) -> tuple[list[str], 
     for column, value in (("status", status), ("sequence", sequence), ("shot", shots)):
         if value is None:
             continue
-        values = [value] if isinstance(value, (str, int)) else list(value)
+        values = [value] if isinstance(value, (str, numbers.Integral)) else list(value)
+        if column == "shot":
+            values = [int(v) for v in values]  # numpy integers too
         conds.append(f"s.{column} IN ({', '.join('?' * len(values))})")
         args += values
     return conds, args

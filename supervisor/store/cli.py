@@ -20,11 +20,14 @@ store_app = typer.Typer(help="The shot store: numbered shot files, their catalog
 out = Console(highlight=False, soft_wrap=True)  # long paths stay on one line (greppable)
 StoreOpt = typer.Option(None, "--store", envvar="LABRIG_STORE",
                         help="The store's folder (default: STATE_DIR/store).")
+CatalogOpt = typer.Option(None, "--catalog", envvar="LABRIG_CATALOG", show_envvar=True,
+                          help="The catalog: a PostgreSQL URL (postgresql://USER@HOST/DATABASE, shared by several "
+                               "stores, each in its own schema) or a SQLite file (default: STORE/catalog.sqlite).")
 
 
-def _open(root: Optional[Path]):
+def _open(root: Optional[Path], catalog: Optional[str] = None):
     from . import ShotStore
-    return ShotStore(root)
+    return ShotStore(root, catalog=catalog)
 
 
 def _when(t) -> str:
@@ -37,9 +40,9 @@ def store_list(day: Optional[str] = typer.Option(None, help="Only shots of this 
                status: Optional[str] = typer.Option(None, help="Only shots with this status."),
                limit: int = typer.Option(50, help="Show the last N shots (0: all)."),
                as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
-               root: Optional[Path] = StoreOpt):
+               root: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt):
     """List shots from the catalog (built from the files if missing)."""
-    frame = _open(root).query("reason", "n_trips", "expired_calibrations", day=day, status=status)
+    frame = _open(root, catalog).query("reason", "n_trips", "expired_calibrations", day=day, status=status)
     if limit:
         frame = frame.tail(limit)
     if as_json:
@@ -94,19 +97,19 @@ def store_show(number: int = typer.Argument(..., help="The shot number."), root:
 
 @store_app.command("reindex")
 @friendly
-def store_reindex(root: Optional[Path] = StoreOpt):
+def store_reindex(root: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt):
     """Rebuild the catalog from the shot files alone."""
-    store = _open(root)
+    store = _open(root, catalog)
     t0 = time.monotonic()
     count = store.reindex()
-    out.print(f"catalog {store.catalog.path}: {count} shots indexed in {time.monotonic() - t0:.1f} s", markup=False)
+    out.print(f"catalog {store.catalog}: {count} shots indexed in {time.monotonic() - t0:.1f} s", markup=False)
 
 
 @store_app.command("recover")
 @friendly
-def store_recover(root: Optional[Path] = StoreOpt):
+def store_recover(root: Optional[Path] = StoreOpt, catalog: Optional[str] = CatalogOpt):
     """Build the shots left as journals by a killed writer or a full disk (marked partial)."""
-    store = _open(root)
+    store = _open(root, catalog)
     numbers = store.recover()
     if not numbers:
         out.print("nothing to recover")

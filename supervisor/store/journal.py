@@ -8,6 +8,16 @@ The file starts with MAGIC, then records. Each record is
     the header: UTF-8 JSON
     the payload: raw bytes (a signal chunk: its times as float64 if it has any, then its values)
 
+A signal record is one `signal()` call: g(roup), s(ignal), u(nit), d(type), n (values), t ([t0, dt]
+of a uniformly sampled call, or None: times in the payload). A compressing writer adds p (the
+position of its first value in the signal), c (the signal's HDF5 chunk length), z (the HDF5
+chunks this call completed, [[k, bytes of times, bytes of values], ...]: shuffled and deflated,
+ready for the shot file, see codec.py), r (how many of its last values follow raw: the start of
+a chunk not complete yet, which a later record's z holds again once it is), st ([min, max, sum,
+count] of its values) and tt ([first, last] time of a timed call). Its payload is then the z
+chunks (times, then values, each) and the raw part (times, then values). A record without these
+is all raw, at the position where the previous one of its signal ended.
+
 A record goes out with one writev; if the write fails part way (a full disk), the file is cut
 back to where the record began, so the journal always ends on a whole record and nothing
 appended before is touched. A reader keeps every record up to the first incomplete or
@@ -42,7 +52,7 @@ FSYNC_INTERVAL = 1.0  # s
 
 @dataclass
 class Chunk:
-    """One signal chunk in the journal: where its bytes are and how to read them."""
+    """One signal record in the journal (one `signal()` call): where its bytes are and how to read them."""
     group: str
     name: str
     unit: str
@@ -51,6 +61,19 @@ class Chunk:
     offset: int  # of the payload in the journal
     t0: float | None = None  # uniformly sampled: first time and step; else times are in the payload
     dt: float | None = None
+    p: int = 0  # position of its first value in the signal
+    length: int | None = None  # the signal's HDF5 chunk length, when its writer compressed
+    packed: list = field(default_factory=list)  # HDF5 chunks it holds: (k, offset, bytes of times, bytes of values)
+    raw: int = -1  # how many of its last values are raw in the payload (-1: all of them)
+    raw_offset: int = -1  # where they start (-1: the payload's start)
+    stats: list | None = None  # [min, max, sum, count] of its values
+    span: list | None = None  # [first, last] time of a timed call
+
+    def __post_init__(self) -> None:
+        if self.raw < 0:
+            self.raw = self.n
+        if self.raw_offset < 0:
+            self.raw_offset = self.offset
 
     @property
     def sampled(self) -> bool:
@@ -66,14 +89,24 @@ class JournalIndex:
     end: dict[str, Any] | None = None
     size: int = len(MAGIC)  # bytes of whole records (and the magic)
     dropped: int = 0  # bytes after the last whole record (a torn or corrupt tail)
+    _ends: dict = field(default_factory=dict, repr=False)  # (group, name) -> values so far
 
     def add(self, kind: bytes, header: dict[str, Any], offset: int) -> None:
         if kind == META:
             self.meta = header
         elif kind == SIGNAL:
             t = header["t"]
+            key = (header["g"], header["s"])
+            p = header.get("p", self._ends.get(key, 0))
+            self._ends[key] = p + header["n"]
+            packed, at = [], offset
+            for k, lt, lv in header.get("z", ()):
+                packed.append((k, at, lt, lv))
+                at += lt + lv
             self.chunks.append(Chunk(header["g"], header["s"], header["u"], header["d"], header["n"], offset,
-                                     *(t if t is not None else (None, None))))
+                                     *(t if t is not None else (None, None)), p=p, length=header.get("c"),
+                                     packed=packed, raw=header.get("r", header["n"]), raw_offset=at,
+                                     stats=header.get("st"), span=header.get("tt")))
         elif kind == EVENT:
             self.events.append(header)
         elif kind == CLOSE:
@@ -88,12 +121,13 @@ class JournalIndex:
 
 
 def chunk_arrays(fd: int, chunk: Chunk) -> tuple[np.ndarray | None, np.ndarray]:
-    """(times or None, values) of one chunk, read with pread (no file position shared)."""
-    dtype = np.dtype(chunk.dtype)
-    nt = 0 if chunk.sampled else 8 * chunk.n
-    raw = os.pread(fd, nt + dtype.itemsize * chunk.n, chunk.offset)
-    times = None if chunk.sampled else np.frombuffer(raw, "<f8", chunk.n)
-    return times, np.frombuffer(raw, dtype, chunk.n, offset=nt)
+    """(times or None, values) of a record's raw part (all of an uncompressed record), read with
+    pread (no file position shared)."""
+    dtype, n = np.dtype(chunk.dtype), chunk.raw
+    nt = 0 if chunk.sampled else 8 * n
+    raw = os.pread(fd, nt + dtype.itemsize * n, chunk.raw_offset)
+    times = None if chunk.sampled else np.frombuffer(raw, "<f8", n)
+    return times, np.frombuffer(raw, dtype, n, offset=nt)
 
 
 class JournalWriter:

@@ -10,14 +10,15 @@ Layout (every reader of HDF5 opens it: h5py, MATLAB's h5read/h5info, HDFView):
     /rig/text              the rig file as it was
     /calibrations/NAME     attrs: version, source, set_by, set_at, valid_from, valid_until,
                            expired, params (JSON)
-    /signals/NAME/values   chunked, gzip + shuffle; attrs: unit, n, min, max, mean, t_first, t_last
+    /signals/NAME/values   chunked (256 KiB), shuffle + deflate; attrs: unit, n, min, max, mean, t_first, t_last
     /signals/NAME/t        times (s), when the chunks came with times, else
     /signals/NAME/segments rows of (first index, t0, dt): uniformly sampled stretches
     /telemetry/NAME/...    the same, for telemetry of the shot's window
     /events/t, kind, data  trips, audit entries and other events (data: JSON text)
 
 Gzip (deflate) because it is the one compression filter every HDF5 build has (MATLAB
-included); a slice of a signal reads only the chunks it covers.
+included); a slice of a signal reads only the chunks it covers. The chunks are compressed by
+the writer as the shot runs (codec.py) and copied in here as they are.
 """
 from __future__ import annotations
 
@@ -33,12 +34,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+from . import codec
 from .errors import StoreError, StoreFull
 from .journal import Chunk, JournalIndex, chunk_arrays
 
 FORMAT, FORMAT_VERSION = "labrig-shot", 1
 GROUPS = ("signals", "telemetry")
-CHUNK_BYTES = 1 << 18  # 256 KiB of values per HDF5 chunk: small slices stay cheap, gzip still works well
 JSON_FIELDS = ("parameters", "versions", "firmware", "extra")
 TEXT = h5py.string_dtype()
 
@@ -53,10 +54,10 @@ def build_shot(index: JournalIndex, journal: Path, dest: Path, *, number: int, s
     try:
         fd = os.open(journal, os.O_RDONLY)
         try:
-            with h5py.File(tmp, "w") as f:
+            with h5py.File(tmp, "w") as f, codec.Pool() as pool:
                 _write_meta(f, meta, number=number, status=status, reason=reason, built_by=built_by, index=index)
                 for (group, name), chunks in index.signals().items():
-                    _write_signal(f.require_group(group), name, chunks, fd, compression)
+                    _write_signal(f.require_group(group), name, chunks, fd, compression, pool)
                 _write_events(f, index.events)
         finally:
             os.close(fd)
@@ -136,63 +137,93 @@ def _last_time(index: JournalIndex) -> float:
     return max(times, default=(index.meta or {}).get("t_start", math.nan))
 
 
-def _write_signal(parent: h5py.Group, name: str, chunks: list[Chunk], fd: int, compression: str | None) -> None:
+def _write_signal(parent: h5py.Group, name: str, chunks: list[Chunk], fd: int, compression: str | None,
+                  pool: codec.Pool) -> None:
     dtype = np.dtype(chunks[0].dtype)
-    n = sum(c.n for c in chunks)
-    g = parent.create_group(name)
-    kw: dict[str, Any] = {}
-    if n:
-        kw["chunks"] = (max(1, min(n, CHUNK_BYTES // dtype.itemsize)),)
-        if compression:
-            kw.update(compression=compression, compression_opts=1 if compression == "gzip" else None, shuffle=True)
-    values = g.create_dataset("values", shape=(n,), dtype=dtype, **kw)
     sampled = chunks[0].sampled
+    n = max(c.p + c.n for c in chunks)
+    g = parent.create_group(name)
+    packed = any(c.packed for c in chunks)
+    full = next((c.length for c in chunks if c.length), codec.chunk_length(dtype))
+    length = full if n >= full else max(1, n)
+    kw: dict[str, Any] = {"chunks": (length,)} if n else {}
+    deflate = n and (compression or packed)
+    if deflate:  # what the chunks were (or are here) made with: codec.py
+        kw.update(compression="gzip", compression_opts=codec.LEVEL, shuffle=True)
+    values = g.create_dataset("values", shape=(n,), dtype=dtype, **kw)
     times = None if sampled else g.create_dataset("t", shape=(n,), dtype="<f8", **kw)
-    segments, stats, pos = [], _Stats(), 0
+    if deflate:
+        _write_chunks(values, times, chunks, fd, length, n, pool)
+    else:
+        for c in chunks:
+            t, v = chunk_arrays(fd, c)
+            values[c.p:c.p + c.n] = v
+            if times is not None:
+                times[c.p:c.p + c.n] = t
+    parts, segments = [], []
     t_first = t_last = math.nan
-    for c in chunks:
-        t, v = chunk_arrays(fd, c)
-        values[pos:pos + c.n] = v
-        if times is not None:
-            times[pos:pos + c.n] = t
-        if c.n:
-            first, last = (c.t0, c.t0 + c.dt * (c.n - 1)) if sampled else (float(t[0]), float(t[-1]))
-            t_first = first if math.isnan(t_first) else t_first
-            t_last = last
-            if sampled:
-                segments.append((pos, c.t0, c.dt))
-        stats.add(v)
-        pos += c.n
+    for c in sorted(chunks, key=lambda c: c.p):
+        if not c.n:
+            continue
+        if c.stats is None or (not sampled and c.span is None):  # a record of an older writer: all raw
+            t, v = chunk_arrays(fd, c)
+            parts.append(c.stats or codec.stats(v))
+            span = (float(t[0]), float(t[-1])) if t is not None else None
+        else:
+            parts.append(c.stats)
+            span = c.span
+        first, last = (c.t0, c.t0 + c.dt * (c.n - 1)) if sampled else span
+        t_first = first if math.isnan(t_first) else t_first
+        t_last = last
+        if sampled:
+            segments.append((c.p, c.t0, c.dt))
     if sampled:
         g.create_dataset("segments", data=np.array(segments, "<f8").reshape(-1, 3))
     g.attrs.update({"unit": chunks[0].unit, "n": n, "time": "segments" if sampled else "t",
-                    "t_first": t_first, "t_last": t_last, **stats.result()})
+                    "t_first": t_first, "t_last": t_last, **codec.merge_stats(parts)})
 
 
-class _Stats:
-    """min, max and mean of a signal, chunk by chunk, ignoring NaN."""
+def _write_chunks(values: h5py.Dataset, times: h5py.Dataset | None, chunks: list[Chunk], fd: int, length: int,
+                  n: int, pool: codec.Pool) -> None:
+    """Every HDF5 chunk as stored bytes: the ones the writer compressed as they are; the others (a
+    chunk it had not completed, or a journal without compression) compressed here from the raw parts."""
+    ready = {k: (offset, lt, lv) for c in chunks for k, offset, lt, lv in c.packed}
+    for k in sorted(ready):
+        offset, lt, lv = ready[k]
+        data = os.pread(fd, lt + lv, offset)
+        if len(data) != lt + lv:
+            raise StoreError(f"{values.name}: chunk {k} is cut short in the journal")
+        values.id.write_direct_chunk((k * length,), data[lt:])
+        if times is not None:
+            times.id.write_direct_chunk((k * length,), data[:lt])
+    pieces: dict[int, list] = {}  # chunk -> raw parts (position, record) that fall in it
+    for c in chunks:
+        start = c.p + c.n - c.raw
+        for k in range(start // length, (start + c.raw - 1) // length + 1 if c.raw else start // length):
+            if k not in ready:
+                pieces.setdefault(k, []).append((start, c))
+    missing = sorted(pieces)
 
-    def __init__(self):
-        self.lo = self.hi = math.nan
-        self.total, self.count = 0.0, 0
+    def build(k: int) -> tuple[bytes, bytes | None]:
+        lo, hi = k * length, min(n, (k + 1) * length)
+        v = np.zeros(hi - lo, np.dtype(values.dtype))
+        t = None if times is None else np.zeros(hi - lo, "<f8")
+        covered = 0
+        for start, c in pieces[k]:
+            rt, rv = chunk_arrays(fd, c)
+            a, b = max(lo, start), min(hi, start + c.raw)
+            v[a - lo:b - lo] = rv[a - start:b - start]
+            if t is not None:
+                t[a - lo:b - lo] = rt[a - start:b - start]
+            covered += b - a
+        if covered != hi - lo:
+            raise StoreError(f"{values.name}: the journal holds {covered} of the {hi - lo} values of chunk {k}")
+        return codec.encode(v, length), None if t is None else codec.encode(t, length)
 
-    def add(self, v: np.ndarray) -> None:
-        if not v.size:
-            return
-        if v.dtype.kind == "f":
-            finite = v[~np.isnan(v)] if np.isnan(v.min()) else v  # the copy only when there is a NaN
-        else:
-            finite = v
-        if not finite.size:
-            return
-        lo, hi = float(finite.min()), float(finite.max())
-        self.lo = lo if math.isnan(self.lo) else min(self.lo, lo)
-        self.hi = hi if math.isnan(self.hi) else max(self.hi, hi)
-        self.total += float(finite.sum(dtype="f8"))
-        self.count += finite.size
-
-    def result(self) -> dict[str, float]:
-        return {"min": self.lo, "max": self.hi, "mean": self.total / self.count if self.count else math.nan}
+    for k, (zv, zt) in zip(missing, pool.map(build, missing)):
+        values.id.write_direct_chunk((k * length,), zv)
+        if times is not None:
+            times.id.write_direct_chunk((k * length,), zt)
 
 
 def _write_events(f: h5py.File, events: list[dict]) -> None:

@@ -7,6 +7,7 @@ Folder (default: $LABRIG_STORE, else STATE_DIR/store; give `root` to choose):
     derived/shot-000042/NAME.vK.h5  processed data, pointing at its source shot (derived.py)
     calibrations.jsonl           the calibration registry (calibrations.py)
     catalog.sqlite               the index (catalog.py), rebuilt from the files by reindex()
+    catalog-schema               this store's schema name in a shared PostgreSQL catalog (made on first use)
     next-shot, .lock             the shot counter and the lock that guards it
 """
 from __future__ import annotations
@@ -20,8 +21,8 @@ import logging
 import os
 import platform
 import re
+import secrets
 import socket
-import sqlite3
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
@@ -30,6 +31,7 @@ from labrig.drivers.errors import ConfigError
 
 from .calibrations import CalibrationRegistry
 from .catalog import Catalog
+from .dialects import PG_SCHEMES, SCHEMA_NAME, split_schema
 from .errors import StoreError, StoreFull
 from .journal import META, JournalWriter, read_journal
 from .shotfile import Shot, build_shot, describe
@@ -53,6 +55,8 @@ def default_root() -> Path:
 class ShotStore:
     """`ShotStore(root=None, *, catalog=None, fsync="interval", compression="gzip")`.
 
+    catalog: where the index lives: default $LABRIG_CATALOG, else ROOT/catalog.sqlite; a SQLite
+    path, or a PostgreSQL URL (postgresql://USER@HOST/DATABASE) that several stores may share.
     fsync: the journal's policy (journal.py); "never" also skips the shot file's fsync (for
     synthetic data only). compression: "gzip" (readable everywhere) or None.
     """
@@ -65,11 +69,37 @@ class ShotStore:
             d.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.compression = compression
-        self.catalog = Catalog(catalog or self.root / "catalog.sqlite")
+        location = str(catalog or os.environ.get("LABRIG_CATALOG") or self.root / "catalog.sqlite")
+        shared = location.startswith(PG_SCHEMES) and split_schema(location)[1] is None
+        self.catalog = Catalog(location, schema=self._schema() if shared else None)
         self.calibrations = CalibrationRegistry(self.root / "calibrations.jsonl")
 
     def __repr__(self) -> str:
         return f"ShotStore({str(self.root)!r})"
+
+    def _schema(self) -> str:
+        """This store's schema in a shared PostgreSQL catalog: kept in the store's folder, so every
+        machine that opens these files (whatever the mount path) finds the same rows."""
+        path = self.root / "catalog-schema"
+        if not path.exists():
+            base = re.sub(r"[^a-z0-9_]", "_", self.root.resolve().name.lower())[:24]
+            tmp = path.with_name(f".catalog-schema.{os.getpid()}.{secrets.token_hex(4)}")
+            try:
+                tmp.write_text(f"labrig_{base}_{secrets.token_hex(4)}\n")
+                try:
+                    os.link(tmp, path)  # the first process to name it wins; the others read its name
+                except FileExistsError:
+                    pass
+                finally:
+                    tmp.unlink()
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot name this store's schema in the PostgreSQL catalog ({exc.strerror});"
+                                  " name it in the catalog URL: ...?schema=NAME") from None
+        name = path.read_text().strip()
+        if not SCHEMA_NAME.match(name):
+            raise ConfigError(f"{path}: {name!r} is not a schema name: lower-case letters, digits and '_', "
+                              "starting with a letter or '_', at most 63 characters")
+        return name
 
     # -- writing ---------------------------------------------------------------------------------
     def open_shot(self, *, sequence: str | Callable = "", source: str | None = None, sequence_hash: str | None = None,
@@ -233,13 +263,7 @@ class ShotStore:
         from .derived import describe_derived
         shots = [describe(self.path_of(n), self.root) for n in self.numbers()]
         derived = [describe_derived(p, self.root) for p in sorted(self.derived_dir.glob("shot-*/*.h5"))]
-        try:
-            self.catalog.rebuild(shots, derived)
-        except sqlite3.DatabaseError as exc:  # a damaged catalog file: it is only an index, start afresh
-            log.warning("catalog %s unreadable (%s): rebuilding it from scratch", self.catalog.path, exc)
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.catalog.path}{suffix}").unlink(missing_ok=True)
-            self.catalog.rebuild(shots, derived)
+        self.catalog.rebuild(shots, derived)  # a damaged SQLite file is made afresh: it is only an index
         return len(shots)
 
     def query(self, *columns: str, **filters) -> "pd.DataFrame":

@@ -1,6 +1,13 @@
 """ShotWriter: one running shot. Every call goes to the journal before it returns; close() builds
 the shot file from it. A run always closes with an exit status (success, abort, fail), as in
 bluesky: leaving the `with` block does it, whatever happened inside.
+
+With compression (the store's default), each signal's values are cut into the shot file's HDF5
+chunks as they arrive: every chunk a call completes is compressed there and then, on a few
+threads (codec.py), and journaled in that form, so close() only copies finished chunks into
+the file. The start of a chunk not complete yet is journaled raw and kept in memory until a
+later call completes it. So the journal still holds every value before `signal()` returns,
+and the data are compressed once and never written raw in bulk.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import numpy as np
 
 from labrig.drivers.errors import ConfigError
 
+from . import codec
 from .errors import StoreError, StoreFull
 from .journal import CLOSE, EVENT, SIGNAL, JournalWriter
 from .shotfile import GROUPS
@@ -45,6 +53,8 @@ class ShotWriter:
         self.closed = False
         self._lock = threading.Lock()  # collectors on several threads may feed one shot
         self._kinds: dict[tuple[str, str], tuple[np.dtype, str, bool]] = {}
+        self._packers: dict[tuple[str, str], _Packer] = {}
+        self._pool = codec.Pool() if store.compression else None
 
     def __enter__(self) -> "ShotWriter":
         return self
@@ -78,15 +88,21 @@ class ShotWriter:
             if sampled:
                 if not dt > 0:
                     raise ConfigError(f"signal {name!r}: dt = {dt} must be > 0 s")
-                times, payload = [float(t), float(dt)], [values]
+                times, stamps = [float(t), float(dt)], None
             else:
                 stamps = np.ascontiguousarray(t, "<f8")
                 if stamps.shape != values.shape:
                     raise ConfigError(f"signal {name!r}: {stamps.size} times for {values.size} values; give one "
                                       "time per value, or the first time and dt=")
-                times, payload = None, [stamps, values]
+                times = None
             header = {"g": group, "s": name, "u": unit, "d": dtype.str, "n": int(values.size), "t": times}
-            self._append(SIGNAL, header, payload)
+            if self._pool is None:
+                self._append(SIGNAL, header, [values] if stamps is None else [stamps, values])
+                return
+            packer = self._packers.setdefault((group, name), _Packer(codec.chunk_length(dtype)))
+            extra, payload = packer.pack(values, stamps, self._pool)
+            self._append(SIGNAL, {**header, **extra}, payload)
+            packer.commit(values, stamps, extra)
 
     def telemetry(self, name: str, t, values, *, unit: str = "", dt: float | None = None) -> None:
         """Telemetry of the shot's window (kept apart from the acquired signals)."""
@@ -115,6 +131,8 @@ class ShotWriter:
             self.closed = True
             if self.fault:
                 status, reason = "partial", "; ".join(filter(None, [self.fault, reason]))
+            if self._pool is not None:
+                self._pool.close()
             try:
                 self.journal.append(CLOSE, {"status": status, "reason": reason, "t_end": time.time()})
             except OSError:
@@ -160,3 +178,61 @@ class ShotWriter:
             self.fault = f"journal write failed ({exc})"
             raise StoreError(f"shot {self.number}: cannot write {self.journal.path}: {exc}; the {kept} bytes "
                              "journaled before are kept") from exc
+
+
+class _Packer:
+    """One signal's cut into HDF5 chunks of `length` values: where it is, and the chunk begun."""
+
+    def __init__(self, length: int):
+        self.length = length
+        self.pos = 0  # values journaled so far
+        self.tail: list[np.ndarray] = []  # the values of the chunk begun (journaled raw already)
+        self.tail_t: list[np.ndarray] = []
+
+    def pack(self, values: np.ndarray, stamps: np.ndarray | None, pool: codec.Pool) -> tuple[dict, list]:
+        """The record's extra header fields and payload for one call (nothing changes until commit)."""
+        n, c, begun = values.size, self.length, self.pos % self.length
+        extra = {"p": self.pos, "c": c}
+        if stamps is not None and n:
+            extra["tt"] = [float(stamps[0]), float(stamps[-1])]
+        full = (begun + n) // c  # chunks this call completes
+        if not full:
+            extra.update(r=n, st=codec.stats(values), z=[])
+            return extra, [values] if stamps is None else [stamps, values]
+        first = c - begun  # this call's values in the first chunk it completes
+        cuts = [(0, first)] + [(first + i * c, first + (i + 1) * c) for i in range(full - 1)]
+        rest = first + (full - 1) * c
+
+        def work(i: int):
+            a, b = cuts[i]
+            v = values[a:b] if i or not begun else np.concatenate(self.tail + [values[:b]])
+            zv = codec.encode(v, c)
+            zt = b""
+            if stamps is not None:
+                t = stamps[a:b] if i or not begun else np.concatenate(self.tail_t + [stamps[:b]])
+                zt = codec.encode(t, c)
+            return zt, zv, codec.stats(values[a:b])
+
+        done = pool.map(work, list(range(full)))
+        k0 = self.pos // c
+        parts = [s for _, _, s in done] + [codec.stats(values[rest:])]
+        merged = codec.merge_stats(parts)
+        count = sum(p[3] for p in parts)
+        extra.update(z=[[k0 + i, len(zt), len(zv)] for i, (zt, zv, _) in enumerate(done)], r=n - rest,
+                     st=[None if count == 0 else merged["min"], None if count == 0 else merged["max"],
+                         sum(p[2] for p in parts), count])
+        payload = [b for zt, zv, _ in done for b in (zt, zv)]
+        if rest < n:
+            payload += [values[rest:]] if stamps is None else [stamps[rest:], values[rest:]]
+        return extra, payload
+
+    def commit(self, values: np.ndarray, stamps: np.ndarray | None, extra: dict) -> None:
+        """The record is in the journal: move on."""
+        n, rest = values.size, values.size - extra["r"]
+        if extra["z"]:
+            self.tail, self.tail_t = [], []
+        if rest < n:
+            self.tail.append(values[rest:].copy())
+            if stamps is not None:
+                self.tail_t.append(stamps[rest:].copy())
+        self.pos += n

@@ -330,3 +330,33 @@ def test_ticks_past_the_sign_bit_are_not_errors(world):
         assert first >= 0x80000000
         assert drv.factory.ticks_diff(drv.factory.ticks(), first) >= 0
         assert drv.read("door") == 1.0
+
+
+def test_a_pwm_write_is_one_acknowledged_duty_command(world, driver, sim):
+    driver.write("gas_valve", 0.12345)  # the first write also asks the pin's range (gpiozero's 10000), once
+    sent = []
+    command = sim._command
+    sim._command = lambda client, cmd, p1, p2: sent.append(cmd) or command(client, cmd, p1, p2)
+    try:
+        driver.write("gas_valve", 0.5)
+    finally:
+        sim._command = command
+    assert sent == [5]  # PWM only: no range or duty read first
+    assert driver.read("gas_valve") == 0.5
+    driver.write("gas_valve", 0.12345)
+    assert driver.read("gas_valve") == 0.1234  # the nearest duty step of the 10000
+    assert eventually(lambda: world.get("gas_valve") == pytest.approx(0.1234))
+
+
+def test_read_many_pipelines_the_level_reads_and_checks_each_reply(world, driver):
+    driver.write("trigger", 1)
+    assert driver.read_many(["door", "cooling_ok", "trigger"]) == {"door": 1.0, "cooling_ok": 1.0, "trigger": 1.0}
+    world.set("door_closed", 0)
+    assert eventually(lambda: driver.read_many(["door", "trigger"]) == {"door": 0.0, "trigger": 1.0})
+    assert driver.read_many(["gas_valve", "door"]) == {"gas_valve": 0.0, "door": 0.0}  # a duty: one by one
+    world.fault(kind="link", name=NODE, mode="garble")
+    for _ in range(5):
+        with pytest.raises((FrameError, LinkTimeout)):
+            driver.read_many(["door", "cooling_ok"])
+    world.fault(kind="link", name=NODE, mode="clear")
+    assert driver.read_many(["door", "cooling_ok"]) == {"door": 0.0, "cooling_ok": 1.0}

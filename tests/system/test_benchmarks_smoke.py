@@ -1,4 +1,5 @@
 """Benchmarks run outside CI; here each runs once at a tiny size and must print well-formed figures."""
+import os
 import re
 import subprocess
 import sys
@@ -92,4 +93,25 @@ def test_shot_store_smoke():
         value, _, baseline, ratio = figures[name]
         assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio, name
     value, _, baseline, ratio = figures["catalog_query"]
+    assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio
+
+
+def test_dashboard_latency_smoke():
+    # a simulated cluster, the dashboard (Voila) and headless Chromium, three value changes
+    missing = [p for p in ("/usr/bin/chromium", "/usr/bin/chromedriver") if not os.access(p, os.X_OK)]
+    if missing and not os.environ.get("CI"):  # in CI it never skips: ./scripts/test installs them
+        pytest.skip(f"needs {' and '.join(missing)} (apt-get install chromium chromium-driver)")
+    figures = run_benchmark("dashboard_latency.py", "--n", "3", "--interval", "0.1", timeout=300)
+    assert set(figures) == {"dashboard_update_p99"}
+    value, unit, baseline, ratio = figures["dashboard_update_p99"]
+    assert unit == "ms" and value > 0 and baseline > 0
+    assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio
+
+
+def test_sequence_scan_smoke():
+    # a cluster, a 100-point step scan at two rates, Bluesky's list_scan of the same 100 points
+    figures = run_benchmark("sequence_scan.py", "--small", timeout=240)
+    assert set(figures) == {"steps_per_s_vs_bluesky"}
+    value, unit, baseline, ratio = figures["steps_per_s_vs_bluesky"]
+    assert unit == "steps/s" and value >= 0 and baseline > 0  # 0: no rate held on a machine this loaded
     assert abs(ratio - value / baseline) <= 0.05 + 0.01 * ratio

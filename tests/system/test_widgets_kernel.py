@@ -20,16 +20,15 @@ import psutil
 import pytest
 from jupyter_client.blocking import BlockingKernelClient
 
-from labrig.drivers.errors import LabrigError
 from labrig.simulators.world import world_control
 from labrig.supervisor.broker import mosquitto_binary
 from labrig.supervisor.cluster import start_cluster, stop_cluster
+from labrig.supervisor.mqtt import MqttSubscriber
 from labrig.supervisor.processes import stop_pid
 from labrig.supervisor.runtime import RuntimeClient
-from labrig.supervisor.safety import all_trips, rearm
 from labrig.supervisor.runtime.locate import runtime_record
 from labrig.supervisor.state import read_state
-from support import wait_for
+from support import clear_startup_trips, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RIG = ROOT / "examples" / "ishtar" / "rig.toml"
@@ -143,7 +142,7 @@ def cluster(tmp_path_factory):
     directory = tmp_path_factory.mktemp("widgets") / "state"
     try:
         start_cluster(RIG, sim=True, directory=directory, timeout=90)
-        _clear_startup_trips(directory)
+        clear_startup_trips(directory)
         yield Rig(directory)
     finally:
         stop_cluster(directory)
@@ -152,21 +151,6 @@ def cluster(tmp_path_factory):
         for p in left:
             stop_pid(p.pid, marker=str(directory))
         assert not left, "stop_cluster left running: " + "; ".join(" ".join(p.info["cmdline"])[:160] for p in left)
-
-
-def _clear_startup_trips(directory: Path) -> None:
-    """A loaded machine can start with a latched trip (the guard read a node before it answered): re-arm it,
-    so every test starts from a rig with nothing latched."""
-    def clear() -> bool:
-        found = all_trips(directory)
-        for trips in found.values():
-            for trip in trips if isinstance(trips, list) else ():
-                try:
-                    rearm(trip["interlock"], directory)
-                except LabrigError:  # refused while its condition fails: ask again
-                    pass
-        return not any(isinstance(trips, list) and trips for trips in found.values())
-    wait_for(clear, 10, "no latched trip after the cluster started")
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +270,203 @@ def test_the_emergency_stop_drives_every_output_safe(browser, ids, cluster):
     # the knobs follow: their sliders sit at the safe values
     assert browser.value("{n: p.knobs[n].control.value for n in ('probe_bias', 'gas_flow', 'rf_power', 'beacon')}") \
         == {"probe_bias": 0.0, "gas_flow": 0.0, "rf_power": 0.0, "beacon": False}
+
+
+# -- the run panel and the run monitor (issues 5 and 6): a sequence run from the panel, through the comm ------
+RUN = {"power": 600.0, "b_field": 0.05, "flat_top": 0.2, "rate": 100.0}  # a short helicon discharge: 6-10 s
+
+
+class RunStates:
+    """A test's own subscription to the runner's retained state topic (labrig/ishtar/runner/state)."""
+
+    def __init__(self, directory: Path):
+        self.states: list[dict] = []
+        self.sub = MqttSubscriber(read_state("broker", directory)["url"], ["labrig/ishtar/runner/state"],
+                                  lambda _, payload: self.states.append(json.loads(payload)),
+                                  client_id=f"test-run-states-{os.getpid()}")
+        assert self.sub.wait_connected(5), "the test's MQTT subscriber did not connect"
+
+    def wait(self, check, timeout: float, what: str) -> dict:
+        wait_for(lambda: any(check(s) for s in list(self.states)), timeout, what)
+        return next(s for s in list(self.states) if check(s))
+
+    def close(self) -> None:
+        self.sub.close()
+
+
+@pytest.fixture(scope="module")
+def run_ids(browser, ids):
+    """The comm ids of the run panel's and the run monitor's widgets (in the panel `p` of the `ids` fixture)."""
+    return browser.value(
+        "{'fields': {n: f.control.model_id for n, f in p.run_panel.form.fields.items()},"
+        " 'errors': {n: f.error.model_id for n, f in p.run_panel.form.fields.items()},"
+        " 'dry': p.run_panel.dry_button.model_id, 'run': p.run_panel.run_button.model_id,"
+        " 'pause': p.run_panel.pause_button.model_id, 'abort': p.run_panel.abort_button.model_id,"
+        " 'message': p.run_panel.message.model_id, 'summary': p.run_panel.summary.model_id,"
+        " 'plot': p.run_panel.plot.model_id, 'bar': p.run_panel.view.bar.model_id,"
+        " 'live': p.run_panel.view.live.image.model_id, 'outcome': p.run_panel.view.outcome.model_id,"
+        " 'overview': p.run_panel.view.overview.model_id, 'running': p.monitor.running.model_id,"
+        " 'last': p.monitor.shot.model_id, 'last_overview': p.monitor.overview.model_id}")
+
+
+@pytest.fixture
+def run_states(cluster):
+    states = RunStates(cluster.dir)
+    try:
+        yield states
+    finally:
+        states.close()
+
+
+def _fill(browser, run_ids, **values) -> None:
+    for name, value in values.items():
+        browser.set(run_ids["fields"][name], value=value)
+
+
+def test_the_run_panel_shows_the_parameters_own_error_and_refuses_to_run(browser, run_ids):
+    assert browser.value("p.run_panel.chooser.value") == "discharge"
+    assert set(run_ids["fields"]) == {"power", "b_field", "puff_ms", "puff_sccm", "fill_sccm", "fill_pressure",
+                                      "flat_top", "probe_bias", "rate"}
+    browser.set(run_ids["fields"]["power"], value=2000.0)
+    expected = "discharge: parameter power = 2000 W is outside its range [0, 1200] W"
+    browser.wait_update(run_ids["errors"]["power"], lambda s: expected in s.get("value", ""), 5,
+                        "the parameter's own error beside the power field")
+    browser.click(run_ids["run"])
+    message = browser.value("p.run_panel.message.value")
+    assert "refused" in message and expected in message and "Traceback" not in message, message
+    assert browser.value("p.run_panel.running") is False
+    _fill(browser, run_ids, **RUN)
+    assert browser.value("p.run_panel.form.errors()") == {}
+
+
+def test_a_dry_run_shows_the_plan_summary_and_its_timeline(browser, run_ids):
+    browser.forget(run_ids["plot"])
+    browser.click(run_ids["dry"])
+    summary = browser.wait_update(run_ids["summary"], lambda s: "discharge(" in s.get("value", ""), 30,
+                                  "the plan's summary pushed to the browser")["value"]
+    assert "power=600 W" in summary and "wait_until pressure &gt;= 0.3" in summary and "safe exit" in summary
+    wait_for(lambda: browser._read(0.2) is not None and browser.updates[run_ids["plot"]], 10,
+             "the timeline plot (a PNG) sent to the browser")
+    assert browser.value("bytes(p.run_panel.plot.value[:4]) == b'\\x89PNG'")
+    assert "nothing moved" in browser.value("p.run_panel.message.value")
+
+
+def test_a_run_from_the_panel_shows_progress_a_live_plot_and_the_last_shot(browser, run_ids, cluster, run_states):
+    clear_startup_trips(cluster.dir)
+    for key in ("bar", "live", "outcome", "overview", "running", "last", "last_overview"):
+        browser.forget(run_ids[key])
+    browser.click(run_ids["run"])
+    started = run_states.wait(lambda s: s["state"] == "running" and s["parameters"].get("power") == 600.0
+                              and s["parameters"].get("flat_top") == 0.2, 15, "the runner's state 'running' on MQTT")
+    shot = started["shot"]
+    assert started["sequence"] == "discharge" and started["duration"] > 1
+    # a second run while this one goes on is refused, naming it
+    browser.click(run_ids["run"])
+    assert "refused: a run is under way" in browser.value("p.run_panel.message.value")
+    # progress reaches the browser, and the live plot is redrawn while the run goes on
+    browser.wait_update(run_ids["bar"], lambda s: s.get("value", 0) > 0, 15, "the progress bar moving")
+
+    def live_while_running():
+        running, renders, samples = browser.value(
+            "[p.run_panel.running, p.run_panel.view.live.renders, sum(p.run_panel.view.live.counts().values())]")
+        assert running or renders >= 3, "the run ended before its live plot was drawn 3 times"
+        return running and renders >= 3 and samples > 0
+    wait_for(live_while_running, 20, "the live plot drawn 3 times with samples, during the run")
+    assert len(browser.updates[run_ids["live"]]) >= 2 or wait_for(
+        lambda: browser._read(0.2) is not None and len(browser.updates[run_ids["live"]]) >= 2, 5,
+        "live plot images sent to the browser")
+    # the monitor (from the same MQTT state) shows the run under way
+    browser.wait_update(run_ids["running"], lambda s: "running" in s.get("value", "") and
+                        f"shot {shot}" in s.get("value", ""), 10, "the monitor showing the running discharge")
+    # the end: the shot's number, status and overview, in the panel and in the monitor
+    ended = run_states.wait(lambda s: s["state"] == "ended" and s["shot"] == shot, 40, "the runner's state 'ended'")
+    assert ended["status"] == "success", ended
+    assert ended["path"] and Path(ended["path"]).is_file()
+    assert any(s["state"] == "running" and s["shot"] == shot and 0 < s["t"] < ended["t"] for s in run_states.states)
+    browser.wait_update(run_ids["outcome"], lambda s: f"shot {shot}: success" in s.get("value", ""), 20,
+                        "the panel's outcome line")
+    wait_for(lambda: browser._read(0.2) is not None and browser.updates[run_ids["overview"]], 20,
+             "the shot's overview plot sent to the browser")
+    browser.wait_update(run_ids["last"], lambda s: f"shot {shot}: success" in s.get("value", ""), 10,
+                        "the monitor's last shot")
+    wait_for(lambda: browser.value("p.monitor.drawn") == ended["path"], 30, "the monitor's overview of that shot")
+    wait_for(lambda: browser.value("p.run_panel.running") is False, 30, "the panel's run thread done")
+    assert browser.value("[p.run_panel.result.number, p.run_panel.result.status]") == [shot, "success"]
+
+
+def test_a_run_paused_then_aborted_from_its_buttons_ramps_every_node_down(browser, run_ids, cluster, run_states):
+    clear_startup_trips(cluster.dir)
+    browser.set(run_ids["fields"]["flat_top"], value=3.0)  # long enough to pause and abort on the flat top
+    try:
+        browser.click(run_ids["run"])
+        running = run_states.wait(lambda s: s["state"] == "running" and s["parameters"].get("flat_top") == 3.0,
+                                  15, "the runner's state 'running'")
+        shot = running["shot"]
+        wait_for(lambda: cluster.world()["rf_drive"] > 0.2, 20, "RF up on the RedPitaya (the flat top)")
+        browser.click(run_ids["pause"])
+        run_states.wait(lambda s: s["state"] == "paused" and s["shot"] == shot, 5, "the runner's state 'paused'")
+        browser.wait_update(run_ids["running"], lambda s: "paused" in s.get("value", ""), 5, "the monitor: paused")
+        browser.click(run_ids["pause"])  # now "resume"
+        run_states.wait(lambda s: s["state"] == "running" and s["shot"] == shot and
+                        any(p["state"] == "paused" for p in run_states.states), 5, "running again after the resume")
+        browser.click(run_ids["abort"])
+        ended = run_states.wait(lambda s: s["state"] == "ended" and s["shot"] == shot, 30, "the runner's state 'ended'")
+        assert ended["status"] == "abort" and "aborted from the run panel" in ended["reason"], ended
+        # every node ran its safe exit: the world's outputs are down
+        wait_for(lambda: (lambda s: s["rf_drive"] == 0 and s["coil_current_cmd"] == 0 and s["gas_valve"] == 0
+                          and abs(s["probe_bias"]) < PWM_STEP)(cluster.world()), 10,
+                 "RF, coil, gas and probe bias ramped down on the simulated devices")
+        browser.wait_update(run_ids["outcome"], lambda s: f"shot {shot}: abort" in s.get("value", ""), 20,
+                            "the panel's outcome line")
+        browser.wait_update(run_ids["last"], lambda s: f"shot {shot}: abort" in s.get("value", ""), 10,
+                            "the monitor's last shot")
+        wait_for(lambda: browser.value("p.run_panel.running") is False, 30, "the panel's run thread done")
+        assert browser.value("p.run_panel.result.status") == "abort"
+    finally:
+        browser.run("p.run_panel.running and p.run_panel.abort('the test ended'); p.run_panel.wait(30)", timeout=60)
+        browser.set(run_ids["fields"]["flat_top"], value=0.2)
+
+
+def test_rig_run_in_the_kernel_shows_progress_and_a_live_plot_and_returns_the_shot(browser, run_ids, cluster,
+                                                                                   run_states):
+    clear_startup_trips(cluster.dir)
+    browser.forget(run_ids["last"])
+    shown, updated, printed, errors = [], [], [], []
+
+    def collect(msg):
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "display_data":
+            shown.append(content["data"])
+        elif kind == "update_display_data":
+            updated.append(content["data"])
+        elif kind == "stream":
+            printed.append(content["text"])
+        elif kind == "error":
+            errors.append(f"{content['ename']}: {content['evalue']}")
+    code = ("from labrig.sequences.library import discharge\n"
+            "r = rig.run(discharge, power=600.0, b_field=0.05, flat_top=0.2, rate=100.0)\n"
+            "print('returned', r.number, r.status)")
+    browser._until_idle(browser.kc.execute(code, store_history=False), 90, collect)
+    assert not errors, errors
+    number, status = "".join(printed).split("returned ")[1].split()
+    assert status == "success"
+    # one view shown as the run began: a widget, with a line of text for a client without widgets (nbclient)
+    [data] = shown
+    view = data["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert data["text/plain"].startswith("discharge(power=600 W")
+    assert updated and updated[-1]["text/plain"] == f"shot {number}: success"
+    assert updated[-1]["application/vnd.jupyter.widget-view+json"]["model_id"] == view
+    # its parts (RunView: title, bar and time, states, live plot, outcome, overview) were pushed during the run
+    bar, live, outcome, overview = browser.value(
+        f"(lambda v: [v.children[1].children[0].model_id, v.children[3].children[0].model_id, v.children[4].model_id,"
+        f" v.children[5].model_id])(__import__('ipywidgets').widgets.widget._instances[{view!r}])")
+    assert any(s.get("value", 0) > 0 for s in browser.updates[bar]), browser.updates[bar][-3:]
+    assert len(browser.updates[live]) >= 3  # the empty panels, at least one while samples came, the last
+    assert any(f"shot {number}: success" in s.get("value", "") for s in browser.updates[outcome])
+    assert browser.updates[overview], "the shot's overview image"
+    # whoever runs it, the runner says so on MQTT, and the panel's monitor shows it
+    run_states.wait(lambda s: s["state"] == "running" and s["shot"] == int(number), 5, "'running' on MQTT")
+    run_states.wait(lambda s: s["state"] == "ended" and s["shot"] == int(number) and s["status"] == "success", 5,
+                    "'ended' on MQTT")
+    browser.wait_update(run_ids["last"], lambda s: f"shot {number}: success" in s.get("value", ""), 10,
+                        "the panel's monitor showing the shot rig.run made")

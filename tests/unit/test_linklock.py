@@ -24,7 +24,7 @@ def test_it_is_reentrant_and_bounded():
 
 
 def test_an_urgent_waiter_goes_before_ordinary_ones_queued_earlier():
-    lock = LinkLock()
+    lock = LinkLock(starve_after=10.0)  # none of the ordinary waiters here counts as starved
     order = []
 
     def ordinary(i):
@@ -47,3 +47,35 @@ def test_an_urgent_waiter_goes_before_ordinary_ones_queued_earlier():
     for t in [*waiters, trip]:
         t.join(2)
     assert order[0] == "urgent" and sorted(order[1:]) == ["ordinary0", "ordinary1", "ordinary2"]
+
+
+def test_urgent_traffic_that_never_stops_does_not_starve_an_ordinary_transaction():
+    # interlock checks on a slow link: an urgent waiter is queued at every release
+    lock = LinkLock(starve_after=0.1)
+    stop = threading.Event()
+    urgent_turns = []
+
+    def checks():
+        with lock.urgent():
+            while not stop.is_set():
+                with lock:
+                    urgent_turns.append(time.monotonic())
+                    time.sleep(0.005)  # one read's round trip
+
+    hogs = [threading.Thread(target=checks) for _ in range(2)]  # two: one is always waiting
+    for t in hogs:
+        t.start()
+    try:
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        got = lock.acquire(timeout=2.0)  # a ramp's write
+        waited = time.monotonic() - t0
+        assert got, "an ordinary transaction starved behind urgent ones"
+        lock.release()
+        # it waited about starve_after, not its whole timeout
+        assert waited < 1.0, waited
+    finally:
+        stop.set()
+        for t in hogs:
+            t.join(2)
+    assert len(urgent_turns) > 20  # the urgent traffic went on around it
