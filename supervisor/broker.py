@@ -32,11 +32,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from labrig.drivers.errors import ConfigError
-from labrig.supervisor.processes import ProcessError, is_ours, log_tail, spawn, stop_pid, wait_ready
+from labrig.supervisor.processes import ProcessError, is_ours, log_tail, spawn, stop_pid, wait_listening, wait_ready
 
 KINDS = ("auto", "mosquitto", "amqtt")
 
@@ -121,7 +120,8 @@ def _start_mosquitto(binary: str, directory: Path, host: str, connect_host: str,
     record = {"kind": "mosquitto", "pid": proc.pid, "url": f"mqtt://{connect_host}:{port}",
               "config": str(config), "log": str(log)}
     try:
-        _wait_listening(proc, connect_host, port, timeout, "mosquitto", [log, stderr_path])
+        wait_listening(proc, connect_host, port, name="mosquitto", timeout=timeout, interval=0.02,
+                       describe=lambda: "\n".join(log_tail(p) for p in (log, stderr_path)))
     except BaseException:
         stop_broker(record)
         raise
@@ -166,22 +166,6 @@ def _start_amqtt(directory: Path, host: str, connect_host: str, port: int, timeo
     return record
 
 
-def _wait_listening(proc: subprocess.Popen, host: str, port: int, timeout: float, name: str,
-                    logs: list[Path]) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise ProcessError(f"{name} exited with code {proc.returncode} before it listened on "
-                               f"{host}:{port}:\n" + "\n".join(log_tail(p) for p in logs))
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise ProcessError(f"{name} did not listen on {host}:{port} within {timeout:g} s:\n"
-                               + "\n".join(log_tail(p) for p in logs))
-        time.sleep(0.02)
 
 
 def _marker(record: dict) -> str:

@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -35,7 +34,7 @@ from typing import Callable
 from labrig.drivers.errors import ConfigError
 
 from .cluster import STATE_NAME, ClusterError, cluster_status
-from .processes import ProcessError, log_tail, stop_pid
+from .processes import ProcessError, log_tail, stop_pid, wait_listening
 from .rig import Rig
 from .state import read_state, state_dir
 
@@ -189,7 +188,8 @@ def start_dashboard(rig_path: str | os.PathLike, *, directory: str | os.PathLike
                                 cwd=folder / "config", env=env, start_new_session=True)
     server = DashboardServer(proc, url=_url(ip, port, token), folder=folder, log=log)
     try:
-        _wait_listening(proc, ip, port, timeout, log, offset)
+        wait_listening(proc, {"0.0.0.0": "127.0.0.1", "::": "::1", "localhost": "127.0.0.1"}.get(ip, ip), port,
+                       name="the dashboard's Voila", timeout=timeout, describe=lambda: _log_since(log, offset))
     except BaseException:
         server.stop()
         raise
@@ -241,24 +241,6 @@ def _url(ip: str, port: int, token: str | None) -> str:
     elif ":" in ip:
         host = f"[{ip}]"
     return f"http://{host}:{port}/" + (f"?token={token}" if token else "")
-
-
-def _wait_listening(proc: subprocess.Popen, ip: str, port: int, timeout: float, log: Path, offset: int) -> None:
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "localhost": "127.0.0.1"}.get(ip, ip)
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise ProcessError(f"the dashboard's Voila exited with code {proc.returncode} before it listened on "
-                               f"{ip}:{port}:\n{_log_since(log, offset)}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise ProcessError(f"the dashboard's Voila did not listen on {ip}:{port} within {timeout:g} s:\n"
-                               f"{_log_since(log, offset)}")
-        time.sleep(0.1)
 
 
 def _log_since(log: Path, offset: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,25 @@ def wait_ready(proc: subprocess.Popen, ready: Path, *, name: str, timeout: float
                                + log_tail(log_dir / f"{name}.log"))
         time.sleep(0.02)
     raise ProcessError(f"{name} was not ready within {timeout:g} s:\n" + log_tail(log_dir / f"{name}.log"))
+
+
+def wait_listening(proc: subprocess.Popen, host: str, port: int, *, name: str, timeout: float,
+                   describe, interval: float = 0.05) -> None:
+    """Until `proc` accepts TCP connections on host:port; a ProcessError with `describe()` (its log) when
+    it exits first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ProcessError(f"{name} exited with code {proc.returncode} before it listened on "
+                               f"{host}:{port}:\n{describe()}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise ProcessError(f"{name} did not listen on {host}:{port} within {timeout:g} s:\n{describe()}")
+        time.sleep(interval)
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

@@ -29,15 +29,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from labrig.drivers.errors import LabrigError
 from labrig.kernels.widgets.knobs import is_switch, number
 from labrig.simulators.world import world_control
 from labrig.supervisor.cluster import start_cluster, stop_cluster
 from labrig.supervisor.processes import is_ours, log_tail, stop_pid
 from labrig.supervisor.rig import Rig
-from labrig.supervisor.safety import all_trips, rearm
 from labrig.supervisor.state import read_state
-from support import wait_for
+from support import clear_startup_trips, wait_for
 
 # the first test also starts the cluster, the dashboard and the page: on a loaded 2-core host that alone can
 # take minutes (every wait inside is bounded on its own; this only bounds the whole)
@@ -207,7 +205,7 @@ def cluster(tmp_path_factory):
     try:
         # no node or supervisor kernels: the dashboard runs its own supervisor kernel (one per page)
         start_cluster(RIG, sim=True, directory=directory, kernels=False, timeout=90)
-        _clear_startup_trips(directory)
+        clear_startup_trips(directory)
         yield directory
     finally:
         stop_cluster(directory)
@@ -215,20 +213,6 @@ def cluster(tmp_path_factory):
         for line in left:
             stop_pid(int(line.split(":")[0]), marker=str(directory))
         assert not left, "left running after the cluster stopped: " + "; ".join(left)
-
-
-def _clear_startup_trips(directory: Path) -> None:
-    """The guard can latch a trip while the nodes start (it read one before it answered): re-arm it."""
-    def clear() -> bool:
-        found = all_trips(directory)
-        for trips in found.values():
-            for trip in trips if isinstance(trips, list) else ():
-                try:
-                    rearm(trip["interlock"], directory)
-                except LabrigError:  # refused while its condition still fails: again
-                    pass
-        return not any(isinstance(trips, list) and trips for trips in found.values())
-    wait_for(clear, 10, "no latched trip after the cluster started")
 
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,7 @@ def test_optimise_notebook_reaches_95_percent_of_the_grid_best_within_its_budget
     # every proposal stayed inside the space (and so inside the parameters' ranges and the rig's limits)
     ours = shots.iloc[25:]
     assert ours["params.power"].between(300, 1200).all() and ours["params.b_field"].between(0.02, 0.12).all()
-    assert all(Path(p).is_file() for p in store.query("path", sequence="discharge")["path"])
+    assert all((store.root / p).is_file() for p in store.query("path", sequence="discharge")["path"])  # relative
     assert len(outputs_of(nb, "image/png")) == 1
 
 
