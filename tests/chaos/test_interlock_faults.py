@@ -49,6 +49,9 @@ def _rearm(chaos, name):
         return False
 
 
+# one run again after a failure: on a shared 2-core CI machine the scheduler has stalled a process
+# here for 100+ ms (seen in fresh clones); a real regression fails both runs
+@pytest.mark.flaky(reruns=1)
 def test_a_node_condition_crossed_during_a_ramp_trips_at_the_node_and_the_plc(chaos):
     plc, rp = chaos.client("plc1"), chaos.client("rp1")
     plc.write("rf_enable", 1)

@@ -319,6 +319,9 @@ def _off_ideal(data: np.ndarray) -> float:
     return float(np.max(np.abs(after[:, 1] - ideal)))
 
 
+# one run again after a failure: on a shared 2-core CI machine the scheduler has stalled a process
+# here for 100+ ms (seen in fresh clones); a real regression fails both runs
+@pytest.mark.flaky(reruns=1)
 def test_ramp_keeps_its_trajectory_while_its_node_kernel_is_abused(cluster):
     tolerance = 0.01 * SPAN
     world = WorldRecorder(read_state("sim", cluster.dir)["world"]["endpoints"]["state"])
