@@ -79,3 +79,14 @@ def testbed(tmp_path_factory):
         yield record
     finally:
         stop_testbed(directory)
+
+
+@pytest.fixture
+def lone_machine(ishtar, tmp_path):
+    """The example rig with nothing running: no broker, no runtimes, no guard."""
+    from labrig.kernels.rig_object import Machine
+    machine = Machine(ishtar, tmp_path / "state")
+    try:
+        yield machine
+    finally:
+        machine.close()

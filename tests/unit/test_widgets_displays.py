@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
-from labrig.kernels.rig_object import Machine
 from labrig.kernels.widgets.estop import EmergencyStop
 from labrig.kernels.widgets.lights import InterlockLights, WatchdogLights
 from labrig.kernels.widgets.readouts import sparkline_svg
@@ -101,15 +99,6 @@ def test_the_emergency_stop_shows_every_node():
     assert "1 output safe (probe_bias=0)" in html and "FAILED" in html and "LinkTimeout" in html
     assert "UNREACHABLE" in html and "rp1" in html
 
-
-@pytest.fixture
-def lone_machine(ishtar, tmp_path):
-    """The example rig with nothing running: no broker, no runtimes, no guard."""
-    machine = Machine(ishtar, tmp_path / "state")
-    try:
-        yield machine
-    finally:
-        machine.close()
 
 
 def test_a_panel_without_a_broker_says_telemetry_is_off_and_still_shows_what_it_is_told(lone_machine):

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from labrig.drivers.errors import ConfigError, RangeError
-from labrig.kernels.rig_object import Machine
 from labrig.kernels.widgets.liveplot import LivePlot
 from labrig.kernels.widgets.paramform import ParamForm
 from labrig.kernels.widgets.runmonitor import RunMonitor
@@ -89,15 +88,6 @@ def test_out_of_range_and_wrong_input_show_the_parameters_own_message():
     assert sweep.values() == {"top": 0.5, "label": "sweep", "verbose": False}
     assert type(sweep.fields["verbose"].control).__name__ == "Checkbox"
 
-
-@pytest.fixture
-def lone_machine(ishtar, tmp_path):
-    """The example rig with nothing running: no broker, no runtimes, no guard."""
-    machine = Machine(ishtar, tmp_path / "state")
-    try:
-        yield machine
-    finally:
-        machine.close()
 
 
 def test_a_dry_run_shows_the_summary_and_the_timeline_and_a_refusal_shows_its_reason(lone_machine):
