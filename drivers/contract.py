@@ -95,6 +95,25 @@ class Driver(ABC):
 
     def write(self, name: str, value: float) -> float:
         """Set an output in physical units; returns the raw value written."""
+        spec, raw, clamped = self._raw_to_write(name, value)
+        self._check_open()
+        self._write_raw(spec, self._addresses[name], clamped)
+        return raw
+
+    def write_read_many(self, name: str, value: float, names) -> tuple[float, dict[str, float] | Exception]:
+        """Set an output, then read `names` once the board has acknowledged the set (a step scan's
+        point): (the raw value written, the readings, or the error the reads raised). A set that
+        fails raises, as write does. A bus that runs its commands in order may send all of them at
+        once (the GPIO driver does: pigpiod acknowledges the set before it reads the levels); the
+        readings count only after the set's acknowledgment has been checked."""
+        raw = self.write(name, value)
+        try:
+            return raw, self.read_many(names)
+        except (LabrigError, OSError) as exc:
+            return raw, exc
+
+    def _raw_to_write(self, name: str, value: float) -> tuple[ChannelSpec, float, float]:
+        """(spec, raw, raw clamped to the hard range) for writing `value`; out of range raises."""
         spec = self._spec(name)
         if spec.direction != "out":
             raise ConfigError(f"{self.name}: {name!r} is an input; it cannot be written")
@@ -104,9 +123,7 @@ class Driver(ABC):
             p_lo, p_hi = sorted((spec.calibration.to_physical(lo), spec.calibration.to_physical(hi)))
             raise RangeError(f"{self.name}: {name} = {value:g} {spec.unit} is outside the channel's "
                              f"hard range [{p_lo:g}, {p_hi:g}] {spec.unit}".rstrip())
-        self._check_open()
-        self._write_raw(spec, self._addresses[name], min(max(raw, lo), hi))
-        return raw
+        return spec, raw, min(max(raw, lo), hi)
 
     def write_raw(self, name: str, raw: float) -> None:
         spec = self._spec(name)

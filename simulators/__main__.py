@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready", required=True, help="file to write endpoints to once listening")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--realtime", type=int, default=None, metavar="PRIORITY",
+                        help="run under SCHED_FIFO at this priority (the node's `realtime` in the rig file)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="simulator-specific option (repeatable)")
     args = parser.parse_args(argv)
@@ -74,8 +76,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (args.node and args.world_state and args.world_actuators):
         parser.error(f"{args.kind} needs --node, --world-state and --world-actuators")
+    from labrig.supervisor.realtime import use_realtime
+
     from .world import WorldLink
     options = dict(opt.split("=", 1) for opt in args.option)
+    # a board answers in its own time whatever the host does: the simulator standing in for a
+    # real-time node runs real-time too (before its threads start; they inherit it)
+    use_realtime(args.realtime, what=f"simulator {args.node}")
     world = WorldLink(args.world_state, args.world_actuators)
     sim = simulator_class(args.kind)(world, node=args.node, host=args.host, options=options)
     sim.start()

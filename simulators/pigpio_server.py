@@ -52,6 +52,7 @@ PIGPIO_VERSION = 79  # PIGPV
 REQUEST = struct.Struct("<IIII")  # cmd, p1, p2, p3 (request) / cmd, p1, p2, result (reply)
 REPORT = struct.Struct("<HHII")  # seq, flags, tick, levels
 MAX_EXTENSION = 65536  # pigpiod drops a client that announces more
+RECV_SIZE = 65536  # bytes read from a client at once
 
 # Command numbers of the socket interface (the subset gpiozero and pigpio.pi use).
 MODES, MODEG, PUD, READ, WRITE, PWM, PRS, PFS = 0, 1, 2, 3, 4, 5, 6, 7
@@ -235,36 +236,49 @@ class PigpioSimulator(DeviceSimulator):
                 client.thread.start()  # under the lock: close() never joins an unstarted thread
 
     def _serve(self, client: _Client):
+        """Commands in the order they came, one reply each. Requests that arrive together (a client
+        that pipelines them) are answered together, in one send, as a C daemon answers at once;
+        on a faulty link (slow, garbled) each reply goes out on its own, after its own delay."""
+        pending = b""
         try:
             while not self._stop.is_set():
-                header = self._recv_exactly(client.sock, REQUEST.size)
-                if header is None:
+                data = client.sock.recv(RECV_SIZE)
+                if not data:
                     return
-                cmd, p1, p2, p3 = REQUEST.unpack(header)
-                if p3 > MAX_EXTENSION or (p3 and self._recv_exactly(client.sock, p3) is None):
-                    return  # like pigpiod: a client that sends nonsense lengths is dropped
-                if self.muted():
-                    continue  # the request is lost on a cut link: neither done nor answered
-                with self._lock:
-                    result = self._command(client, cmd, p1, p2)
-                reply = REQUEST.pack(cmd, p1, p2, result & 0xFFFFFFFF)
-                self.before_reply()
-                with client.send_lock:
-                    client.sock.sendall(self.garble(reply))
+                pending += data
+                replies, at = [], 0
+                while len(pending) - at >= REQUEST.size:
+                    cmd, p1, p2, p3 = REQUEST.unpack_from(pending, at)
+                    if p3 > MAX_EXTENSION:
+                        return  # like pigpiod: a client that sends nonsense lengths is dropped
+                    if len(pending) - at < REQUEST.size + p3:
+                        break  # the extension is still on its way
+                    at += REQUEST.size + p3
+                    fault = self.link_fault()
+                    if fault and fault["mode"] == "mute":
+                        continue  # the request is lost on a cut link: neither done nor answered
+                    with self._lock:
+                        result = self._command(client, cmd, p1, p2)
+                    reply = REQUEST.pack(cmd, p1, p2, result & 0xFFFFFFFF)
+                    if fault:
+                        self._send(client, replies)
+                        replies = []
+                        self.before_reply()
+                        self._send(client, [self.garble(reply)])
+                    else:
+                        replies.append(reply)
+                pending = pending[at:]
+                self._send(client, replies)
         except OSError:
             pass  # peer reset, or we are closing
         finally:
             self._drop(client)
 
     @staticmethod
-    def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                return None
-            data += chunk
-        return data
+    def _send(client: _Client, replies: list[bytes]) -> None:
+        if replies:
+            with client.send_lock:
+                client.sock.sendall(b"".join(replies))
 
     def _drop(self, client: _Client) -> None:
         with self._lock:
@@ -300,7 +314,7 @@ class PigpioSimulator(DeviceSimulator):
             pin.pud = p2
             return self._changed()
         if cmd == READ:
-            return self._level(p1, self._world_levels())
+            return self._level(p1, self._world_levels((p1,)))
         if cmd == WRITE:
             if p2 > 1:
                 return PI_BAD_LEVEL
@@ -361,10 +375,12 @@ class PigpioSimulator(DeviceSimulator):
     def _tick(self) -> int:
         return (self._tick0 + int((time.monotonic() - self._t0) * 1e6)) & 0xFFFFFFFF
 
-    def _world_levels(self) -> dict[int, int]:
+    def _world_levels(self, gpios=None) -> dict[int, int]:
+        """Levels the plant drives on its input pins (all, or those of `gpios` that it drives)."""
         state = self.world.state()
-        return {gpio: level(float(state.get(name, math.nan)))
-                for gpio, (name, level) in self.WORLD_INPUTS.items()}
+        wired = self.WORLD_INPUTS.items() if gpios is None else \
+            [(g, self.WORLD_INPUTS[g]) for g in gpios if g in self.WORLD_INPUTS]
+        return {gpio: level(float(state.get(name, math.nan))) for gpio, (name, level) in wired}
 
     def _level(self, gpio: int, world_levels: dict[int, int]) -> int:
         pin = self._pins[gpio]

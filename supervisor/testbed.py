@@ -59,6 +59,8 @@ def start_testbed(rig: Rig, *, seed: int = 0, directory: Path | None = None, hos
         for node, spec in rig.nodes.items():
             ready = ready_dir / f"{node}.json"
             options = ["--option", f"rig={rig.path}"] if rig.path and spec.kind in RIG_AWARE else []
+            if spec.realtime:
+                options += ["--realtime", str(spec.realtime)]
             procs[node] = (spawn(["-m", "labrig.simulators", spec.kind, "--node", node,
                                   "--world-state", world["endpoints"]["state"],
                                   "--world-actuators", world["endpoints"]["actuators"],

@@ -52,6 +52,7 @@ MOCK_REVISION = "a02082"  # the board MockFactory pretends to be: a Pi 3 B, like
 MAX_BCM = 27  # GPIO0..27 are on the 40-pin header
 _HWVER = 17  # pigpio socket command: hardware revision (our connect probe)
 _READ = 3  # pigpio socket command: a GPIO's level
+_PWM = 5  # pigpio socket command: set a PWM duty cycle
 _UNSIGNED = {10, 11, 16, 17, 26}  # BR1, BR2, TICK, HWVER, PIGPV: results are uint32, not status codes
 # What pigpiod can answer (when not an error code) to the commands gpiozero sends; anything
 # else is a reply corrupted on the way, even when its echo survived.
@@ -157,8 +158,9 @@ class _Wire:
             for cmd, p1, p2 in requests:
                 self._echo, self._cmd = struct.pack("<III", cmd, p1, p2), cmd
                 results.append(pigpio.u2i(int.from_bytes(self.recv(16)[12:16], "little")))
-        except LinkError:
+        except LinkError as exc:
             self._late = True  # the replies after the bad one may still come: the next exchange skips them
+            exc.replies = results  # those that came, checked: a caller may still use the first ones
             raise
         return results
 
@@ -478,6 +480,41 @@ class GPIODriver(Driver):
                 if level < 0:
                     raise pigpio.error(pigpio.error_text(level))
         return {s.name: s.calibration.to_physical(float(level)) for s, level in zip(specs, levels)}
+
+    def write_read_many(self, name: str, value: float, names) -> tuple[float, dict[str, float] | Exception]:
+        """A PWM duty and level reads in one exchange: pigpiod runs a connection's commands in order,
+        so it sets and acknowledges the duty before it reads the levels. The duty's reply is checked
+        first: a refused or lost set raises as write does, and only then do the levels count. Other
+        outputs, PWM reads and a duty range not yet known go as write, then read_many."""
+        names = list(names)
+        spec, address = self._spec(name), self._addresses.get(name)
+        reads = [self._spec(n) for n in names]
+        if (self._pi is None or address is None or not address.pwm or address.gpio not in self._pwm_ranges
+                or not reads or any(self._addresses[s.name].pwm for s in reads)):
+            return super().write_read_many(name, value, names)
+        spec, raw, clamped = self._raw_to_write(name, value)
+        self._check_open()
+        duty = round(float(clamped) * self._pwm_ranges[address.gpio])
+        requests = [(_PWM, address.gpio, duty)] + [(_READ, self._addresses[s.name].gpio, 0) for s in reads]
+        failed: Exception | None = None
+        with self._io_lock, self._link(f"write {spec.address}"), self._pi.sl.l:
+            try:
+                results = self._wire.pipeline(requests)
+            except LinkError as exc:
+                if not getattr(exc, "replies", None):
+                    raise  # the set's own reply did not come (or nothing went out): as a failed write
+                results, failed = exc.replies, exc
+            if results[0] < 0:
+                raise pigpio.error(pigpio.error_text(results[0]))
+        if failed is not None:
+            self._link_ok = not isinstance(failed, (LinkTimeout, LinkClosed))
+            return raw, failed
+        bad = [(s, level) for s, level in zip(reads, results[1:]) if level < 0]
+        if bad:
+            s, level = bad[0]
+            return raw, DeviceError(f"the pigpio daemon refused to read {s.address}: "
+                                    f"{pigpio.error_text(level)}", device=self.name)
+        return raw, {s.name: s.calibration.to_physical(float(level)) for s, level in zip(reads, results[1:])}
 
     def _write_raw(self, spec: ChannelSpec, address: PinAddress, raw: float) -> None:
         device = self.devices[spec.name]

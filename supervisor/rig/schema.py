@@ -39,6 +39,9 @@ class NodeSpec(Strict):
     telemetry_rate: float = Field(10.0, gt=0, le=10000, description="default telemetry rate, Hz")
     interlock_period: float = Field(0.01, ge=0.001, le=1, description="how often the runtime checks its "
                                     "own interlocks, s")
+    realtime: int | None = Field(None, ge=1, le=99, description="SCHED_FIFO priority of the node's runtime and "
+                                 "its simulator (supervisor/realtime.py): step scans and loops keep their "
+                                 "timing on a loaded host; needs root or CAP_SYS_NICE, else normal priority")
 
 
 class SignalSpec(Strict):

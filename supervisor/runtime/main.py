@@ -14,6 +14,7 @@ from pathlib import Path
 
 from labrig.drivers.errors import ConfigError
 
+from ..realtime import use_realtime
 from ..rig import Rig
 from ..state import read_state, remove_state, state_dir, write_state
 from .server import NodeRuntime
@@ -81,11 +82,15 @@ def serve_node(rig_path: str, node: str, *, sim: bool = False, directory: Path |
     publisher, publish = open_publisher(rig, node, url)
 
     driver = None
+    # real-time scheduling is the process's: only a runtime that is its process's main thread asks
+    embedded = threading.current_thread() is not threading.main_thread()
+    scheduling = use_realtime(None if embedded else spec.realtime, what=f"node {node}")
     try:
         driver = rig.open_driver(node, sim=sim, sim_state=sim_state)
         runtime = NodeRuntime(rig, node, driver, bind=bind, port=port, curve_secret_key=secret,
                               curve_public_key=public, publish=publish,
                               audit_path=directory / "audit" / f"{node}.jsonl")
+        runtime.realtime_refused = scheduling.get("refused")
     except Exception:
         if driver is not None:
             driver.close()
@@ -95,7 +100,8 @@ def serve_node(rig_path: str, node: str, *, sim: bool = False, directory: Path |
     write_state(node_state_name(node), {"node": node, "kind": spec.kind, "pid": os.getpid(),
                                         "endpoint": runtime.endpoint, "rig": str(rig.path), "rig_name": rig.name,
                                         "url": driver.url, "broker": url, "started": time.time(),
-                                        "public_key": public.decode() if public else None}, directory)
+                                        "public_key": public.decode() if public else None, "realtime": scheduling},
+                directory)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: runtime.stop())

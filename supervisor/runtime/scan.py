@@ -2,11 +2,13 @@
 
 Point i is due at the scan's start + i / rate (on the run's timeline: a pause shifts what is
 left). At each: the set goes through the checks of the `write` op (envelope step, interlocks,
-loops) and to the device, which acknowledges it when the driver's write returns; then every
-read signal is read once (driver.read_many: one exchange where the bus allows it); then the
-point is recorded: `SIGNAL:set` (the value, stamped when acknowledged) and each read signal
-(stamped when the reads returned), in the run's sample buffer (what the runner fetches into
-the shot). A point whose last read comes later than its due time +
+loops) and to the device; once the device has acknowledged it, every read signal is read once
+(driver.write_read_many: on the Pi, the duty and the level reads go in one exchange, which
+pigpiod runs in order, and the duty's acknowledgment is checked before the levels count); then
+the point is recorded: `SIGNAL:set` and each read signal, stamped when the exchange returned,
+in the run's sample buffer (what the runner fetches into the shot); the readings also stand for
+those signals' telemetry samples (TelemetrySampler.offer), so telemetry does not read them again
+on the link the scan is timing. A point whose last read comes later than its due time +
 `deadline` is late: it is recorded in `SIGNAL:late` (seconds past the deadline, stamped with its
 due time) and in the node's audit (the first one at once, a summary at the end); with
 on_late="fail", the first late point stops the table (its safe exit runs). Points are never
@@ -100,7 +102,7 @@ class StepScan:
     def _run(self, at: float) -> None:
         run, rt, name = self.run, self.rt, self.signal
         sig = rt.envelope.signals[name]
-        read, append, clock = rt.driver.read_many, run.buffer.append, run.real
+        point, append, clock, offer = rt._write_then_read, run.buffer.append, run.real, rt.telemetry.offer
         set_name, late_name = f"{name}:set", f"{name}:late"
         _fast_switching(True)
         try:
@@ -118,23 +120,23 @@ class StepScan:
                 rt.watch.check_write(name, value, sig.safe)  # a latched trip, a failing interlock: refused
                 rt.envelope.check_step(name, value, rt.setpoints.get(name))
                 rt.loops.guard(name)
-                rt._write_output(name, value)  # returns once the device has acknowledged it
-                t_set = clock()
+                got = point(name, value, self.read)  # the set, acknowledged, then the reads
+                end = clock()
                 if self._tripped(name):  # a trip latched while the set was on the wire: its safe value last
                     rt._write_output(name, sig.safe)
                     raise Refused(f"{name}: an interlock tripped during point {i + 1} of the step scan")
-                try:
-                    got = read(self.read)  # in one exchange where the bus can (the Pi pipelines them)
-                except Exception:  # noqa: BLE001 - recorded as NaN: one value per point, always
+                if isinstance(got, Exception):  # recorded as NaN: one value per point, always
                     got = {}
                     self.read_errors += len(self.read)
-                end = clock()
-                append(set_name, t_set, value)
+                append(set_name, end, value)
+                now = time.time()
                 for r in self.read:
                     append(r, end, got.get(r, math.nan))
+                    if r in got:
+                        offer(r, now, got[r])
                 self.done += 1
                 if self.t_first is None:
-                    self.t_first = t_set
+                    self.t_first = end
                 self.t_last = end
                 late = end - (due + self.deadline)
                 if late > 0:

@@ -24,6 +24,7 @@ import zmq
 from labrig.drivers.contract import Driver
 from labrig.drivers.errors import ConfigError, LabrigError, RangeError, Refused
 
+from ..realtime import scheduling
 from ..rig import Rig
 from . import fpga_ops, protocol
 from .audit import AuditJournal
@@ -116,6 +117,7 @@ class NodeRuntime:
         self._worker = threading.Thread(target=self._io_worker, name=f"io-{node}", daemon=True)
         self._worker.start()
         self._heartbeat_seq = 0
+        self.realtime_refused: str | None = None  # why Linux refused the rig's `realtime` (serve_node sets it)
 
     # -- hardware access (I/O thread, ramp thread) -------------------------
     def _init_setpoints(self) -> None:
@@ -130,6 +132,13 @@ class NodeRuntime:
         self.driver.write(name, value)
         self.setpoints[name] = value
         return value
+
+    def _write_then_read(self, name: str, value: float, reads: list[str]) -> dict[str, float] | Exception:
+        """A step scan's point: set an output, then read `reads` once the device acknowledged the set
+        (driver.write_read_many); the readings, or what the reads raised. A failed set raises."""
+        _, got = self.driver.write_read_many(name, value, reads)
+        self.setpoints[name] = value
+        return got
 
     def _handle_io(self, op: str, args: dict[str, Any], client: str) -> Any:
         if op == "read":
@@ -255,7 +264,8 @@ class NodeRuntime:
         return {**self._identity(), "kind": self.spec.kind, "url": self.driver.url, "signals": signals,
                 "ramps": self.ramps.states(), "trips": self.watch.trips(), "clients": dict(self.clients),
                 "leases": self.leases.states(), "overrides": self.watch.overrides.states(),
-                "telemetry": {"rates": dict(self.telemetry.rates), **self.telemetry.stats}}
+                "telemetry": {"rates": dict(self.telemetry.rates), **self.telemetry.stats},
+                "scheduling": {**scheduling(), **({"refused": self.realtime_refused} if self.realtime_refused else {})}}
 
     def _identity(self) -> dict[str, Any]:
         return {"node": self.node, "rig": self.rig.name, "pid": os.getpid(), "endpoint": self.endpoint,

@@ -3,6 +3,7 @@
 Each signal has its own sequence number, incremented per sample, so a consumer
 sees exactly which samples it did not get. A failed read is a sample too (value
 None, with the error counted), so gaps mean loss in transport, nothing else.
+A reading offered by a step scan stands for the sample when it is fresh (offer).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ class TelemetrySampler:
         self._due: dict[str, float] = {}
         self.seq: dict[str, int] = {}
         self.latest: dict[str, tuple[float, float | None]] = {}  # signal -> (time, value)
-        self.stats = {"samples": 0, "read_errors": 0, "batches": 0, "late": 0}
+        self.stats = {"samples": 0, "read_errors": 0, "batches": 0, "late": 0, "offered": 0}
         self._batch: dict[str, dict[str, list]] = {}
+        self._offered: dict[str, tuple[float, float, float]] = {}  # signal -> (monotonic, time, value)
         self.configure(rates)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"telemetry-{node}", daemon=True)
@@ -44,6 +46,24 @@ class TelemetrySampler:
                     self._due.pop(name, None)
             return dict(self.rates)
 
+    def offer(self, name: str, t: float, value: float) -> None:
+        """A reading someone else just made on the link (a step scan's point): the signal's next
+        sample takes it, if it is still within the signal's period then, instead of reading again.
+        During a fast scan this keeps telemetry off the link the scan is timing."""
+        self._offered[name] = (time.monotonic(), t, value)
+
+    def _sample(self, name: str, now: float) -> tuple[float, float | None]:
+        offered = self._offered.get(name)
+        if offered is not None and offered[0] >= now - 1.0 / self.rates.get(name, 1.0):
+            self.stats["offered"] += 1
+            return offered[1], offered[2]
+        t = time.time()
+        try:
+            return t, float(self._read(name))
+        except Exception:  # counted; the sample goes out as None
+            self.stats["read_errors"] += 1
+            return t, None
+
     def _run(self) -> None:
         next_batch = time.monotonic() + self.batch_period
         while not self._stop.is_set():
@@ -51,12 +71,7 @@ class TelemetrySampler:
             with self._lock:
                 due = [n for n, t in self._due.items() if t <= now]
             for name in due:
-                t = time.time()
-                try:
-                    value = float(self._read(name))
-                except Exception:  # counted; the sample goes out as None
-                    value = None
-                    self.stats["read_errors"] += 1
+                t, value = self._sample(name, now)
                 with self._lock:
                     if name not in self.rates:
                         continue

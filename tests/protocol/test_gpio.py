@@ -360,3 +360,53 @@ def test_read_many_pipelines_the_level_reads_and_checks_each_reply(world, driver
             driver.read_many(["door", "cooling_ok"])
     world.fault(kind="link", name=NODE, mode="clear")
     assert driver.read_many(["door", "cooling_ok"]) == {"door": 0.0, "cooling_ok": 1.0}
+
+
+def _sends(driver, monkeypatch) -> list[int]:
+    """The sizes of what the driver sends on its pigpio command socket, from now on."""
+    sizes: list[int] = []
+    send = driver._wire.sendall
+    monkeypatch.setattr(driver._wire, "sendall", lambda data: (sizes.append(len(data)), send(data))[1])
+    return sizes
+
+
+def test_write_read_many_sets_the_duty_and_reads_the_levels_in_one_exchange(world, driver, monkeypatch):
+    driver.write("gas_valve", 0.25)  # the pin's duty range is known from the first write on
+    sizes = _sends(driver, monkeypatch)
+    raw, got = driver.write_read_many("gas_valve", 0.5, ["door", "cooling_ok"])
+    assert (raw, got) == (0.5, {"door": 1.0, "cooling_ok": 1.0})
+    assert sizes == [48]  # PWM, READ, READ: one send, three replies checked in order
+    assert driver.read("gas_valve") == 0.5
+    assert eventually(lambda: world.get("gas_valve") == pytest.approx(0.5))
+    world.set("door_closed", 0)
+    assert eventually(lambda: driver.write_read_many("gas_valve", 0.1, ["door"])[1] == {"door": 0.0})
+
+
+def test_write_read_many_without_a_known_duty_range_is_a_write_then_a_read(world, driver, monkeypatch):
+    sizes = _sends(driver, monkeypatch)
+    assert driver.write_read_many("gas_valve", 0.5, ["door", "cooling_ok"]) == \
+        (0.5, {"door": 1.0, "cooling_ok": 1.0})
+    assert len(sizes) >= 2 and sizes[-1] == 32  # the range and duty first, then the two READs together
+    assert driver.write_read_many("trigger", 1, ["door"]) == (1.0, {"door": 1.0})  # a digital output: as write
+
+
+def test_write_read_many_raises_when_the_set_is_not_acknowledged(world, driver):
+    driver.write("gas_valve", 0.25)
+    world.fault(kind="link", name=NODE, mode="garble")
+    for _ in range(3):  # a garbled acknowledgement is no acknowledgement: no readings come back
+        with pytest.raises((FrameError, LinkTimeout)):
+            driver.write_read_many("gas_valve", 0.5, ["door", "cooling_ok"])
+    world.fault(kind="link", name=NODE, mode="mute")
+    t = time.monotonic()
+    with pytest.raises(LinkTimeout):
+        driver.write_read_many("gas_valve", 0.5, ["door"])
+    assert time.monotonic() - t < 0.5 + 0.3
+    world.fault(kind="link", name=NODE, mode="clear")
+    assert eventually(lambda: _settles(driver))
+
+
+def _settles(driver) -> bool:
+    try:
+        return driver.write_read_many("gas_valve", 0.0, ["door", "cooling_ok"]) == (0.0, {"door": 1.0, "cooling_ok": 1.0})
+    except (FrameError, LinkTimeout):
+        return False

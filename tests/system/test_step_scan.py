@@ -4,6 +4,7 @@ is recorded (shot, audit, the run's reason) or stops the shot, and the runtime's
 scan. One cluster for the module (runtimes, guard, simulators; no kernels, no broker)."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -163,3 +164,29 @@ def test_the_runtimes_safe_state_stops_a_running_scan(cluster, rig, tmp_path):
     with result.shot() as shot:
         assert 0 < len(shot.read("gas_flow:set")[1]) < len(points)
     assert world(cluster)["gas_valve"] == 0.0
+
+
+def test_pi1_runs_real_time_and_its_scan_readings_stand_for_its_telemetry(cluster, rig, tmp_path):
+    """The example rig's `realtime = 20` on pi1: its runtime and its simulator run under SCHED_FIFO.
+    A point that reads two levels is one exchange with the daemon (set, then the reads); those
+    readings are also the telemetry samples of their signals while the scan runs."""
+    sim_pid = read_state("sim", cluster)["simulators"]["pi1"]["pid"]
+    assert (os.sched_getscheduler(sim_pid), os.sched_getparam(sim_pid).sched_priority) == (os.SCHED_FIFO, 20)
+    with pi1(cluster) as pi:
+        before = pi.status()
+    assert before["scheduling"] == {"policy": "SCHED_FIFO", "priority": 20}
+    points = [round(0.01 * i, 2) for i in range(1, 201)]  # 0.5 s at 400 points/s
+    tl = Timeline("scan")
+    tl.step_scan("gas_flow", points, read=("door_switch", "cooling_relay"), rate=400.0)
+    tl.ramp("gas_flow", 0)
+    result = Runner(rig, tl.compile(rig), directory=cluster, store=ShotStore(tmp_path / "store")).run()
+    assert result.status == "success", result.reason
+    with result.shot() as shot:
+        assert shot.read("gas_flow:set")[1].tolist() == points
+        assert shot.read("door_switch")[1].tolist() == [1.0] * len(points)  # the door is closed
+        assert not np.isnan(shot.read("cooling_relay")[1]).any()
+    with pi1(cluster) as pi:
+        after = pi.status()
+    # door_switch and cooling_relay at 10 Hz for 0.5 s: samples the scan's readings stood for
+    assert after["telemetry"]["offered"] - before["telemetry"]["offered"] >= 4
+    wait_for(lambda: world(cluster)["gas_valve"] == 0.0, 5, "the ramp down at the end of the plan")
