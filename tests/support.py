@@ -42,3 +42,33 @@ def clear_startup_trips(directory) -> None:
                     pass
         return not any(isinstance(trips, list) and trips for trips in found.values())
     wait_for(clear, 10, "no latched trip after the cluster started")
+
+
+def rest_nodes(directory, nodes, *, guard: bool, timeout: float = 10.0, client: str = "test") -> None:
+    """Put a cluster's `nodes` at rest as a test starts: every latched trip re-armed (the guard's first,
+    when `guard`), every output safe. A re-arm is refused while its condition still fails (the world
+    catching up with a test that opened the door): asked again until `timeout` s, then fails."""
+    from labrig.drivers.errors import Refused
+    from labrig.supervisor.guard import guard_record
+    from labrig.supervisor.runtime import RuntimeClient
+    from labrig.supervisor.runtime.locate import runtime_record
+
+    def connect(record: dict, name: str) -> RuntimeClient:
+        return RuntimeClient(record["endpoint"], node=name, client=client)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if guard:
+                with connect(guard_record(directory), "guard") as g:
+                    for trip in g.trips():
+                        g.rearm(trip["interlock"])
+            for node in nodes:
+                with connect(runtime_record(node, directory), node) as c:
+                    for trip in c.trips():
+                        c.rearm(trip["interlock"])
+                    c.safe()
+            return
+        except Refused:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

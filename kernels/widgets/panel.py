@@ -147,7 +147,8 @@ class Panel:
                         self._seen_trips.add(key)
                         for output, result in (trip.get("safe") or {}).items():
                             if output in self.knobs and isinstance(result, dict) and result.get("ok"):
-                                self.knobs[output].show_setpoint(result.get("value"))
+                                self.knobs[output].show_setpoint(result.get("value"),
+                                                                 why=f"interlock {trip.get('interlock')}")
             for name, knob in self.knobs.items():
                 knob.hold(holders.get(name, {}))
             self.interlocks.show(trips_by_where)
@@ -184,7 +185,7 @@ class Panel:
         for node, outputs in results.items():
             for name, result in outputs.items():
                 if name in self.knobs and isinstance(result, dict) and result.get("ok"):
-                    self.knobs[name].show_setpoint(result.get("value"))
+                    self.knobs[name].show_setpoint(result.get("value"), why="the emergency stop")
         self._after_action()
 
     # -- display and end -------------------------------------------------------------

@@ -33,11 +33,14 @@ STATUS_COLOURS = {"success": GREEN, "abort": AMBER, "fail": RED}
 
 
 def acquired(plan) -> list[str]:
-    """The signals a plan acquires, in the order of its nodes' tables."""
+    """The signals a plan records, in the order of its nodes' tables: acquisitions, then each step
+    scan's set values and reads."""
     names: list[str] = []
     for table in plan.tables.values():
         for acq in table["acquisitions"]:
             names += [n for n in acq["signals"] if n not in names]
+        for scan in table.get("scans", ()):
+            names += [n for n in (f"{scan['signal']}:set", *scan["read"]) if n not in names]
     return names
 
 

@@ -25,7 +25,6 @@ from labrig.kernels.rig_object import Machine
 from labrig.sequences.library import discharge
 from labrig.simulators.world import world_control
 from labrig.supervisor.cluster import start_cluster, stop_cluster
-from labrig.supervisor.guard import guard_record
 from labrig.supervisor.devices import density_from_ion_saturation, density_from_phase
 from labrig.supervisor.processes import stop_pid
 from labrig.supervisor.rig import Rig
@@ -34,7 +33,7 @@ from labrig.supervisor.runtime import RuntimeClient
 from labrig.supervisor.runtime.locate import runtime_record
 from labrig.supervisor.state import read_state
 from labrig.supervisor.store import ShotStore
-from support import wait_for
+from support import rest_nodes, wait_for
 
 pytestmark = pytest.mark.processes
 
@@ -108,22 +107,7 @@ def rig(cluster):
     """The cluster as every test finds it: no trip latched, every output safe."""
     rig = Rig.load(RIG)
     set_world(cluster, "door_closed", 1.0)  # a test that opened it closes it here, pass or fail
-    deadline = time.monotonic() + 10
-    with RuntimeClient(guard_record(cluster)["endpoint"], node="guard", client="test-runner") as guard:
-        while True:  # re-arm the guard's trips, then the nodes' (refused until the guard sees the door shut)
-            try:
-                for trip in guard.trips():
-                    guard.rearm(trip["interlock"])
-                for node in rig.nodes:
-                    with client(cluster, node) as c:
-                        for trip in c.trips():
-                            c.rearm(trip["interlock"])
-                        c.safe()
-                break
-            except Refused:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    rest_nodes(cluster, rig.nodes, guard=True, client="test-runner")  # refused until the guard sees the door shut
     until_world(cluster, lambda s: is_safe(s) and s["coil_current"] < 20, 10, "the rig at rest")
     yield rig
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
-from labrig.drivers.errors import Refused
 from labrig.sequences import Timeline
 from labrig.simulators.world import world_control
 from labrig.supervisor.cluster import start_cluster, stop_cluster
@@ -24,7 +22,7 @@ from labrig.supervisor.runtime import RuntimeClient
 from labrig.supervisor.runtime.locate import runtime_record
 from labrig.supervisor.state import read_state
 from labrig.supervisor.store import ShotStore
-from support import wait_for
+from support import rest_nodes, wait_for
 
 pytestmark = pytest.mark.processes
 
@@ -61,18 +59,7 @@ def rig(cluster):
     rig = Rig.load(RIG)
     world_control(read_state("sim", cluster)["world"]["endpoints"]["control"],
                   {"op": "set", "name": "door_closed", "value": 1.0})
-    deadline = time.monotonic() + 20
-    with pi1(cluster) as pi:
-        while True:
-            try:
-                for trip in pi.trips():
-                    pi.rearm(trip["interlock"])
-                pi.safe()
-                break
-            except Refused:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    rest_nodes(cluster, ["pi1"], guard=False, timeout=20, client="test-scan")
     wait_for(lambda: world(cluster)["gas_valve"] == 0.0, 5, "the gas valve closed")
     yield rig
 

@@ -128,3 +128,11 @@ def test_the_node_checks_the_entry_again(ishtar):
                           ({"signal": "door_switch"}, "door_switch is an input")]:
         with pytest.raises((ConfigError, RangeError), match=words.replace("(", r"\(").replace("]", r"\]")):
             _check_scan(env, {**entry, **change})
+
+
+def test_the_run_view_plots_a_scans_set_values_and_reads(ishtar):
+    from labrig.kernels.widgets.runview import acquired
+    tl = Timeline("t")
+    tl.acquire(["pressure"], rate=10, window=0.2)
+    tl.step_scan("gas_flow", VALUES, read=("door_switch", "cooling_relay"), rate=2000)
+    assert acquired(tl.compile(ishtar)) == ["pressure", "gas_flow:set", "door_switch", "cooling_relay"]

@@ -58,6 +58,11 @@ def test_a_change_asks_the_runtime_for_a_ramp_at_the_allowed_slew(ishtar):
     assert signal.calls == [("ramp", -40.0, None)]  # rate None: the signal's max slew (500 V/s)
     assert k.setpoint == -40.0 and "-40 V" in k.setpoint_label.value
     assert "ramping" in k.message.value and "500 V/s" in k.message.value
+    k.show_setpoint(0.0, why="the emergency stop")  # the e-stop ended the ramp: the knob says so
+    assert k.setpoint == 0.0 and k.control.value == 0.0
+    assert "ramping" not in k.message.value and "set to 0 V by the emergency stop" in k.message.value
+    k.show_setpoint(-5.0)  # a setpoint seen in passing (the panel's refresh) leaves the message
+    assert k.setpoint == -5.0 and "emergency stop" in k.message.value
 
 
 def test_outputs_without_slew_are_written_and_switches_are_toggles(ishtar):
