@@ -208,13 +208,13 @@ class Knob:
     def show_setpoint(self, value: float | None, why: str = "") -> None:
         """The runtime's setpoint changed without this knob (a trip, the emergency stop, a sequence).
         With `why`, the knob's message says who set it, in place of what it last said (a "ramping
-        ..." that the emergency stop ended)."""
+        ..." that the emergency stop ended); a held knob keeps saying which interlock holds it."""
         if value is None:
             return
         with self._lock:
             self.setpoint = float(value)
             self._set(self.control, bool(value) if self.switch else float(value))
-            if why:
+            if why and not self.held:
                 shown = ("on" if value else "off") if self.switch else number(value, self.unit)
                 self.say(f"set to {shown} by {html.escape(why)}")
             self._refresh()

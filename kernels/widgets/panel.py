@@ -147,8 +147,7 @@ class Panel:
                         self._seen_trips.add(key)
                         for output, result in (trip.get("safe") or {}).items():
                             if output in self.knobs and isinstance(result, dict) and result.get("ok"):
-                                self.knobs[output].show_setpoint(result.get("value"),
-                                                                 why=f"interlock {trip.get('interlock')}")
+                                self.knobs[output].show_setpoint(result.get("value"))  # hold() says why
             for name, knob in self.knobs.items():
                 knob.hold(holders.get(name, {}))
             self.interlocks.show(trips_by_where)
