@@ -48,6 +48,9 @@ class RampEngine:
         self.period = period
         self._keep = keep
         self._lock = threading.Lock()
+        # held across one ramp write: a stop waits for the write on the wire, so the safe value a caller
+        # writes next is never followed by a ramp step that was already under way
+        self._writing = threading.Lock()
         self._running: dict[str, Ramp] = {}
         self._finished: list[Ramp] = []
         self._stop = threading.Event()
@@ -67,17 +70,24 @@ class RampEngine:
         return ramp
 
     def stop(self, signal: str, reason: str = "stopped on request") -> Ramp | None:
+        """Stop a ramp where it is; returns once no step of it can reach the output any more."""
         with self._lock:
             ramp = self._running.pop(signal, None)
             if ramp:
                 self._end(ramp, "stopped", reason)
-            return ramp
+        if ramp:
+            with self._writing:  # a step already on the wire lands before we return
+                pass
+        return ramp
 
     def stop_all(self, reason: str) -> None:
+        """Stop every ramp; returns once no ramp step can reach an output any more."""
         with self._lock:
             for ramp in self._running.values():
                 self._end(ramp, "stopped", reason)
             self._running.clear()
+        with self._writing:
+            pass
 
     def running(self, signal: str) -> Ramp | None:
         with self._lock:
@@ -103,15 +113,19 @@ class RampEngine:
                 continue
             now = time.time()
             for ramp in ramps:
-                value = ramp.setpoint(now)
-                try:
-                    self._write(ramp.signal, value)
-                except Exception as exc:  # a dead link ends the ramp; the runtime reports it
+                with self._writing:
                     with self._lock:
-                        if self._running.get(ramp.signal) is ramp:
-                            del self._running[ramp.signal]
-                            self._end(ramp, "failed", f"{type(exc).__name__}: {exc}")
-                    continue
+                        if self._running.get(ramp.signal) is not ramp:
+                            continue  # stopped or replaced since the look above: not one more step
+                    value = ramp.setpoint(now)
+                    try:
+                        self._write(ramp.signal, value)
+                    except Exception as exc:  # a dead link ends the ramp; the runtime reports it
+                        with self._lock:
+                            if self._running.get(ramp.signal) is ramp:
+                                del self._running[ramp.signal]
+                                self._end(ramp, "failed", f"{type(exc).__name__}: {exc}")
+                        continue
                 ramp.value = value
                 if value == ramp.target:
                     with self._lock:
